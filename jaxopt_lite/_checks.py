@@ -1,0 +1,75 @@
+"""Validation of hyperparameters that never touches a traced value.
+
+A hyperparameter may be a Python number, a NumPy value, a concrete JAX array or
+a tracer (inside ``jit``/``vmap``/``grad``). We check the first three eagerly and
+skip tracers: a check must never force a value to the host inside a trace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def concrete(x: Any) -> np.ndarray | None:
+    """Returns ``x`` as a NumPy array if its value is known now, else ``None``."""
+    if x is None or callable(x):
+        return None
+    if isinstance(x, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, TypeError):
+        return None
+
+
+def check_range(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raises ``ValueError`` if a concrete ``value`` lies outside the interval.
+
+    Every element is checked, so a batch of values (a sweep) is validated too.
+    Tracers and callables (schedules) pass through unchecked.
+    """
+    arr = concrete(value)
+    if arr is None:
+        return
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
+        raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
+    arr = arr.astype(np.float64)
+    bad = np.isnan(arr)
+    if low is not None:
+        bad |= (arr <= low) if low_open else (arr < low)
+    if high is not None:
+        bad |= (arr >= high) if high_open else (arr > high)
+    if np.any(bad):
+        lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+        shown = arr[bad].ravel()[0]
+        raise ValueError(f"{owner}: {name} must be in {lo}, {hi}, got {shown:g}")
+
+
+def check_nonnegative(owner: str, name: str, value: Any) -> None:
+    check_range(owner, name, value, low=0.0)
+
+
+def check_positive(owner: str, name: str, value: Any) -> None:
+    check_range(owner, name, value, low=0.0, low_open=True)
+
+
+def check_decay(owner: str, name: str, value: Any) -> None:
+    """A decay rate (EMA coefficient) must lie in [0, 1)."""
+    check_range(owner, name, value, low=0.0, high=1.0, high_open=True)
+
+
+def check_learning_rate(owner: str, value: Any) -> None:
+    check_nonnegative(owner, "learning_rate", value)

@@ -1,0 +1,222 @@
+"""Core types: gradient transformations, their state, and how they compose.
+
+A gradient transformation is a pair of pure functions::
+
+    init(params) -> state
+    update(updates, state, params=None, **extra_args) -> (updates, state)
+
+State is an immutable pytree (NamedTuples of arrays) built by mapping over
+``params``, so ``jax.eval_shape(tx.init, params)`` works and sharded params give
+identically sharded state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, Union
+
+import jax
+import jax.numpy as jnp
+
+from jaxopt_lite import tree as _tree
+
+Params = Any
+Updates = Any
+OptState = Any
+Schedule = Callable[[jax.Array], jax.Array]
+ScalarOrSchedule = Union[float, jax.Array, Schedule]
+
+
+class TransformInitFn(Protocol):
+
+    def __call__(self, params: Params) -> OptState:
+        ...
+
+
+class TransformUpdateFn(Protocol):
+
+    def __call__(self, updates: Updates, state: OptState, params: Params | None = None) -> tuple[Updates, OptState]:
+        ...
+
+
+class TransformUpdateExtraArgsFn(Protocol):
+
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, OptState]:
+        ...
+
+
+class GradientTransformation(NamedTuple):
+    """A pure optimizer building block: ``init`` makes the state, ``update`` uses it."""
+
+    init: TransformInitFn
+    update: TransformUpdateFn
+
+
+class GradientTransformationExtraArgs(GradientTransformation):
+    """A gradient transformation whose ``update`` also takes keyword ``extra_args``.
+
+    Extra arguments (a loss value, a key, ...) are passed by name to every
+    transform in a chain that wants them and ignored by the others.
+    """
+
+    init: TransformInitFn
+    update: TransformUpdateExtraArgsFn
+
+
+class EmptyState(NamedTuple):
+    """The state of a stateless transformation."""
+
+
+def with_extra_args_support(tx: GradientTransformation) -> GradientTransformationExtraArgs:
+    """Wraps ``tx`` so that its ``update`` accepts and ignores extra keyword arguments."""
+    if isinstance(tx, GradientTransformationExtraArgs):
+        return tx
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        return tx.update(updates, state, params)
+
+    return GradientTransformationExtraArgs(tx.init, update)
+
+
+def identity() -> GradientTransformation:
+    """Returns the updates unchanged: ``u -> u``."""
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        return updates, state
+
+    return GradientTransformation(init, update)
+
+
+def set_to_zero() -> GradientTransformation:
+    """Replaces every update by zeros: ``u -> 0`` (used to freeze parameters)."""
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(jnp.zeros_like, updates), state
+
+    return GradientTransformation(init, update)
+
+
+def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
+    """A transformation ``u -> f(u, params)`` with no state."""
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None):
+        return f(updates, params), state
+
+    return GradientTransformation(init, update)
+
+
+def stateless_with_tree_map(f: Callable[[jax.Array, jax.Array | None], jax.Array]) -> GradientTransformation:
+    """A transformation applying ``f(u_leaf, param_leaf)`` to every leaf, with no state."""
+
+    def apply(updates, params):
+        if params is None:
+            return jax.tree.map(lambda u: f(u, None), updates)
+        _tree.check_same_structure(updates, params, "updates", "params")
+        return jax.tree.map(f, updates, params)
+
+    return stateless(apply)
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArgs:
+    """Applies ``transforms`` in order; the state is the tuple of their states.
+
+    Example: ``chain(clip_by_global_norm(1.0), scale_by_adam(), scale(-1e-3))``.
+    """
+    transforms = tuple(with_extra_args_support(t) for t in transforms)
+    for i, t in enumerate(transforms):
+        if not (callable(getattr(t, "init", None)) and callable(getattr(t, "update", None))):
+            raise TypeError(f"chain: argument {i} is not a GradientTransformation: {t!r}")
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(updates, state, params=None, **extra_args):
+        if not isinstance(state, tuple) or len(state) != len(transforms):
+            raise ValueError(
+                f"chain: expected a state tuple of {len(transforms)} entries (one per transform), "
+                f"got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else 'n/a'}"
+            )
+        if params is not None:
+            _tree.check_same_structure(updates, params, "updates", "params")
+        new_state = []
+        for t, s in zip(transforms, state):
+            updates, s = t.update(updates, s, params, **extra_args)
+            new_state.append(s)
+        return updates, tuple(new_state)
+
+    return GradientTransformationExtraArgs(init, update)
+
+
+def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformationExtraArgs:
+    """Like :func:`chain`, but the state is a dict keyed by the given names."""
+    names = [name for name, _ in transforms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"named_chain: names must be unique, got {names}")
+    inner = {name: with_extra_args_support(t) for name, t in transforms}
+
+    def init(params):
+        return {name: t.init(params) for name, t in inner.items()}
+
+    def update(updates, state, params=None, **extra_args):
+        if params is not None:
+            _tree.check_same_structure(updates, params, "updates", "params")
+        new_state = {}
+        for name, t in inner.items():
+            updates, new_state[name] = t.update(updates, state[name], params, **extra_args)
+        return updates, new_state
+
+    return GradientTransformationExtraArgs(init, update)
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """Returns ``params + updates``, each result leaf in its parameter's dtype.
+
+    ``None`` updates leave their parameter as it is. Integer or boolean
+    parameters cannot take a floating-point step and raise ``TypeError``.
+    """
+    _tree.check_same_structure(updates, params, "updates", "params")
+
+    def add(p, u):
+        if u is None:
+            return p
+        p = jnp.asarray(p)
+        if not jnp.issubdtype(p.dtype, jnp.inexact):
+            raise TypeError(
+                f"apply_updates: cannot update a parameter of dtype {p.dtype}; "
+                "optimizers need floating-point parameters (mask integer leaves out, or cast them)"
+            )
+        return (p + u).astype(p.dtype)
+
+    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
+
+
+def incremental_update(new_tensors: Params, old_tensors: Params, step_size: float | jax.Array) -> Params:
+    """Polyak averaging: ``step_size * new + (1 - step_size) * old``, leaf by leaf."""
+    _tree.check_same_structure(new_tensors, old_tensors, "new_tensors", "old_tensors")
+    return jax.tree.map(
+        lambda n, o: (step_size * n + (1.0 - step_size) * o).astype(o.dtype), new_tensors, old_tensors
+    )
+
+
+def periodic_update(
+    new_tensors: Params, old_tensors: Params, steps: jax.Array, update_period: int | jax.Array
+) -> Params:
+    """Returns ``new_tensors`` every ``update_period`` steps and ``old_tensors`` otherwise."""
+    return jax.lax.cond(steps % update_period == 0, lambda: new_tensors, lambda: old_tensors)
