@@ -1,14 +1,41 @@
-"""jaxopt_lite: composable, purely functional gradient transformations for JAX."""
+"""jaxopt_lite: composable, purely functional gradient transformations for JAX.
+
+An optimizer is a :class:`GradientTransformation` ``(init, update)``; build
+one by chaining transforms, or take a ready alias::
+
+    import jaxopt_lite as jol
+    opt = jol.chain(jol.clip_by_global_norm(1.0), jol.adamw(jol.warmup_cosine_decay_schedule(0.0, 1e-3, 100, 10_000)))
+    state = opt.init(params)
+    updates, state = opt.update(grads, state, params)
+    params = jol.apply_updates(params, updates)
+"""
 
 from jaxopt_lite import tree
+from jaxopt_lite.aliases import (
+    adadelta,
+    adagrad,
+    adam,
+    adamax,
+    adamaxw,
+    adamw,
+    amsgrad,
+    lion,
+    nadam,
+    nadamw,
+    noisy_sgd,
+    radam,
+    rmsprop,
+    sgd,
+    sign_sgd,
+)
 from jaxopt_lite.base import (
     EmptyState,
     GradientTransformation,
     GradientTransformationExtraArgs,
     OptState,
     Params,
-    Schedule,
     ScalarOrSchedule,
+    Schedule,
     Updates,
     apply_updates,
     chain,
@@ -21,5 +48,53 @@ from jaxopt_lite.base import (
     stateless_with_tree_map,
     with_extra_args_support,
 )
+from jaxopt_lite.transforms.adaptive import (
+    ScaleByAdaDeltaState,
+    ScaleByAdamState,
+    ScaleByAmsgradState,
+    ScaleByLionState,
+    ScaleByNadamState,
+    ScaleByRmsState,
+    ScaleByRmsWithCountState,
+    ScaleByRssState,
+    ScaleByRStdDevState,
+    ScaleByRStdDevWithCountState,
+    scale_by_adadelta,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_amsgrad,
+    scale_by_lion,
+    scale_by_nadam,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
+)
+from jaxopt_lite.transforms.clipping import (
+    adaptive_grad_clip,
+    clip,
+    clip_by_global_norm,
+    clip_by_norm,
+    unitwise_norm,
+)
+from jaxopt_lite.transforms.momentum import EmaState, TraceState, ema, trace
+from jaxopt_lite.transforms.regularization import (
+    AddDecayedWeightsScheduleState,
+    AddNoiseState,
+    ZeroNansState,
+    add_decayed_weights,
+    add_noise,
+    keep_params_nonnegative,
+    zero_nans,
+)
+from jaxopt_lite.transforms.scaling import (
+    ScaleByScheduleState,
+    scale,
+    scale_by_learning_rate,
+    scale_by_schedule,
+    scale_by_sign,
+)
+
+global_norm = tree.global_norm
 
 __version__ = "0.1.0"

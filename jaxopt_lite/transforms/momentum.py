@@ -1,0 +1,72 @@
+"""Momentum: heavy-ball and Nesterov traces, and exponential moving averages."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+
+from jaxopt_lite import _checks
+from jaxopt_lite import tree as _tree
+from jaxopt_lite.base import GradientTransformation
+
+
+class TraceState(NamedTuple):
+    """The momentum buffer, one leaf per parameter."""
+
+    trace: Any
+
+
+class EmaState(NamedTuple):
+    """Step count (for debiasing) and the moving average."""
+
+    count: jax.Array
+    ema: Any
+
+
+def trace(decay: float | jax.Array, nesterov: bool = False, accumulator_dtype: Any = None) -> GradientTransformation:
+    """Heavy-ball momentum (Polyak, 1964), optionally Nesterov's (Sutskever et al., 2013).
+
+    ``t <- decay * t + u``; the output is ``t``, or ``u + decay * t`` with
+    ``nesterov=True``. No dampening (as Optax and ``torch.optim.SGD``
+    with ``dampening=0``). ``decay`` in ``[0, 1)``.
+    """
+    _checks.check_decay("trace", "decay", decay)
+
+    def init(params):
+        _tree.check_floating(params, "trace")
+        return TraceState(trace=_tree.zeros_like(params, accumulator_dtype))
+
+    def update(updates, state, params=None):
+        del params
+        _tree.check_same_structure(updates, state.trace, "updates", "trace state")
+        new_trace = jax.tree.map(lambda g, t: (g + decay * t).astype(t.dtype), updates, state.trace)
+        if nesterov:
+            out = jax.tree.map(lambda g, t: (g + decay * t).astype(g.dtype), updates, new_trace)
+        else:
+            out = jax.tree.map(lambda g, t: t.astype(g.dtype), updates, new_trace)
+        return out, TraceState(trace=new_trace)
+
+    return GradientTransformation(init, update)
+
+
+def ema(decay: float | jax.Array, debias: bool = True, accumulator_dtype: Any = None) -> GradientTransformation:
+    """Exponential moving average of the updates.
+
+    ``e <- decay * e + (1 - decay) * u``; the output is ``e / (1 - decay**t)``
+    with ``debias=True`` (the default), else ``e``. ``decay`` in ``[0, 1)``.
+    """
+    _checks.check_decay("ema", "decay", decay)
+
+    def init(params):
+        _tree.check_floating(params, "ema")
+        return EmaState(count=_tree.zero_count(), ema=_tree.zeros_like(params, accumulator_dtype))
+
+    def update(updates, state, params=None):
+        del params
+        new_ema = _tree.update_moment(updates, state.ema, decay, 1)
+        count = _tree.safe_increment(state.count)
+        out = _tree.bias_correction(new_ema, decay, count) if debias else new_ema
+        return _tree.cast_like(out, updates), EmaState(count=count, ema=new_ema)
+
+    return GradientTransformation(init, update)
