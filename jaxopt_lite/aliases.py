@@ -32,8 +32,10 @@ from jaxopt_lite.transforms.scaling import scale_by_learning_rate, scale_by_sign
 Scalar = float | jax.Array
 
 
-def _momentum(momentum: Scalar | None, nesterov: bool, accumulator_dtype: Any = None):
-    return identity() if momentum is None else trace(momentum, nesterov, accumulator_dtype)
+def _momentum(momentum: Scalar | None, nesterov: bool, accumulator_dtype: Any = None, dampening: Scalar = 0.0):
+    if momentum is None:
+        return identity()
+    return trace(momentum, nesterov, accumulator_dtype, dampening=dampening)
 
 
 def sgd(
@@ -41,15 +43,18 @@ def sgd(
     momentum: Scalar | None = None,
     nesterov: bool = False,
     accumulator_dtype: Any = None,
+    *,
+    dampening: Scalar = 0.0,
 ) -> GradientTransformationExtraArgs:
     """Stochastic gradient descent, optionally with heavy-ball or Nesterov momentum.
 
-    ``p <- p - lr * g``; with momentum ``t <- momentum * t + g`` and
-    ``p <- p - lr * t`` (Nesterov: ``p <- p - lr * (g + momentum * t)``).
+    ``p <- p - lr * g``; with momentum ``t <- momentum * t + (1 - dampening) * g``
+    and ``p <- p - lr * t`` (Nesterov: ``p <- p - lr * (g + momentum * t)``).
+    ``dampening=momentum`` is the averaged momentum of the seed articles.
     Full-batch, mini-batch and stochastic gradient descent differ only in the
     gradient passed in. ``momentum=None`` keeps no state.
     """
-    return chain(_momentum(momentum, nesterov, accumulator_dtype), scale_by_learning_rate(learning_rate))
+    return chain(_momentum(momentum, nesterov, accumulator_dtype, dampening), scale_by_learning_rate(learning_rate))
 
 
 def noisy_sgd(

@@ -24,14 +24,24 @@ class EmaState(NamedTuple):
     ema: Any
 
 
-def trace(decay: float | jax.Array, nesterov: bool = False, accumulator_dtype: Any = None) -> GradientTransformation:
+def trace(
+    decay: float | jax.Array,
+    nesterov: bool = False,
+    accumulator_dtype: Any = None,
+    *,
+    dampening: float | jax.Array = 0.0,
+) -> GradientTransformation:
     """Heavy-ball momentum (Polyak, 1964), optionally Nesterov's (Sutskever et al., 2013).
 
-    ``t <- decay * t + u``; the output is ``t``, or ``u + decay * t`` with
-    ``nesterov=True``. No dampening (as Optax and ``torch.optim.SGD``
-    with ``dampening=0``). ``decay`` in ``[0, 1)``.
+    ``t <- decay * t + (1 - dampening) * u``; the output is ``t``, or
+    ``u + decay * t`` with ``nesterov=True``. The default ``dampening=0`` is
+    Optax's ``trace`` and ``torch.optim.SGD``'s default; ``dampening=decay``
+    gives the averaged form ``t <- decay * t + (1 - decay) * u`` of the seed
+    articles (an undebiased EMA). ``decay`` and ``dampening`` in ``[0, 1)``
+    and ``[0, 1]``.
     """
     _checks.check_decay("trace", "decay", decay)
+    _checks.check_range("trace", "dampening", dampening, low=0.0, high=1.0)
 
     def init(params):
         _tree.check_floating(params, "trace")
@@ -40,7 +50,9 @@ def trace(decay: float | jax.Array, nesterov: bool = False, accumulator_dtype: A
     def update(updates, state, params=None):
         del params
         _tree.check_same_structure(updates, state.trace, "updates", "trace state")
-        new_trace = jax.tree.map(lambda g, t: (g + decay * t).astype(t.dtype), updates, state.trace)
+        new_trace = jax.tree.map(
+            lambda g, t: ((1.0 - dampening) * g + decay * t).astype(t.dtype), updates, state.trace
+        )
         if nesterov:
             out = jax.tree.map(lambda g, t: (g + decay * t).astype(g.dtype), updates, new_trace)
         else:
