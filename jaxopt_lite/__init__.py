@@ -12,6 +12,9 @@ one by chaining transforms, or take a ready alias::
 
 from jaxopt_lite import tree
 from jaxopt_lite.aliases import (
+    adabelief,
+    lamb,
+    lars,
     adadelta,
     adagrad,
     adam,
@@ -63,6 +66,7 @@ from jaxopt_lite.transforms.adaptive import (
     scale_by_adam,
     scale_by_adamax,
     scale_by_amsgrad,
+    scale_by_belief,
     scale_by_lion,
     scale_by_nadam,
     scale_by_radam,
@@ -77,6 +81,7 @@ from jaxopt_lite.transforms.clipping import (
     clip_by_norm,
     unitwise_norm,
 )
+from jaxopt_lite.transforms.layerwise import ScaleByTrustRatioState, scale_by_trust_ratio
 from jaxopt_lite.transforms.momentum import EmaState, TraceState, ema, trace
 from jaxopt_lite.transforms.regularization import (
     AddDecayedWeightsScheduleState,

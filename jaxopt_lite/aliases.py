@@ -18,6 +18,7 @@ from jaxopt_lite.transforms.adaptive import (
     scale_by_adam,
     scale_by_adamax,
     scale_by_amsgrad,
+    scale_by_belief,
     scale_by_lion,
     scale_by_nadam,
     scale_by_radam,
@@ -25,6 +26,7 @@ from jaxopt_lite.transforms.adaptive import (
     scale_by_rss,
     scale_by_stddev,
 )
+from jaxopt_lite.transforms.layerwise import scale_by_trust_ratio
 from jaxopt_lite.transforms.momentum import trace
 from jaxopt_lite.transforms.regularization import add_decayed_weights, add_noise
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate, scale_by_sign
@@ -296,4 +298,64 @@ def lion(
     """Lion (Chen et al., 2023): ``p <- p - lr * (sign(b1 m + (1-b1) g) + weight_decay * p)``."""
     return chain(
         scale_by_lion(b1, b2, mu_dtype), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate)
+    )
+
+
+def adabelief(
+    learning_rate: ScalarOrSchedule,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-16,
+    eps_root: Scalar = 1e-16,
+    *,
+    nesterov: bool = False,
+) -> GradientTransformationExtraArgs:
+    """AdaBelief (Zhuang et al., 2020); see :func:`scale_by_belief`."""
+    return chain(scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov), scale_by_learning_rate(learning_rate))
+
+
+def lamb(
+    learning_rate: ScalarOrSchedule,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-6,
+    eps_root: Scalar = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: Any = None,
+) -> GradientTransformationExtraArgs:
+    """LAMB (You et al., 2020): AdamW's direction rescaled per leaf by its trust ratio.
+
+    ``d = adam_dir + weight_decay * p``, ``p <- p - lr * ||p|| / ||d|| * d``.
+    """
+    return chain(
+        scale_by_adam(b1, b2, eps, eps_root),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_trust_ratio(),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def lars(
+    learning_rate: ScalarOrSchedule,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = True,
+    trust_coefficient: Scalar = 0.001,
+    eps: Scalar = 0.0,
+    trust_ratio_mask: Any = True,
+    momentum: Scalar = 0.9,
+    nesterov: bool = False,
+) -> GradientTransformationExtraArgs:
+    """LARS (You et al., 2017): momentum SGD on ``g + wd p`` rescaled per leaf by
+    ``trust_coefficient * ||p|| / (||g + wd p|| + eps)``.
+
+    The masks (pytrees of bools or functions of params; ``True`` means every
+    leaf) choose which leaves get weight decay and the trust ratio.
+    """
+    from jaxopt_lite.wrappers import masked  # wrappers build on the transforms
+
+    return chain(
+        add_decayed_weights(weight_decay, weight_decay_mask),
+        masked(scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps), trust_ratio_mask),
+        scale_by_learning_rate(learning_rate),
+        _momentum(momentum, nesterov),
     )

@@ -510,3 +510,40 @@ def scale_by_lion(
         return out, ScaleByLionState(count=_tree.safe_increment(state.count), mu=mu)
 
     return GradientTransformation(init, update)
+
+
+def scale_by_belief(
+    b1: float | jax.Array = 0.9,
+    b2: float | jax.Array = 0.999,
+    eps: float | jax.Array = 1e-16,
+    eps_root: float | jax.Array = 1e-16,
+    *,
+    nesterov: bool = False,
+) -> GradientTransformation:
+    """AdaBelief (Zhuang et al., 2020, "AdaBelief Optimizer: Adapting Stepsizes by the
+    Belief in Observed Gradients", Algorithm 2).
+
+    ``m <- b1 m + (1-b1) g``, ``s <- b2 s + (1-b2) (g - m)^2 + eps_root`` (the
+    new ``m``), ``u = m_hat / (sqrt(s_hat) + eps)`` with both moments
+    bias-corrected. ``nesterov`` as in :func:`scale_by_adam`.
+    Defaults: ``b1=0.9, b2=0.999, eps=eps_root=1e-16``.
+    """
+    _check_betas("scale_by_belief", b1=b1, b2=b2)
+    _check_eps("scale_by_belief", eps=eps, eps_root=eps_root)
+
+    def init(params):
+        mu, nu = _moments_init("scale_by_belief", params, None, None)
+        return ScaleByAdamState(count=_tree.zero_count(), mu=mu, nu=nu)
+
+    def update(updates, state, params=None):
+        del params
+        _tree.check_same_structure(updates, state.mu, "updates", "scale_by_belief state")
+        count = _tree.safe_increment(state.count)
+        mu = _tree.update_moment(updates, state.mu, b1, 1)
+        surprise = jax.tree.map(lambda g, m: g - m, updates, mu)
+        nu = jax.tree.map(lambda v: (v + eps_root).astype(v.dtype), _tree.update_moment(surprise, state.nu, b2, 2))
+        mu_hat = _nesterov_first_moment(updates, mu, b1, count) if nesterov else _tree.bias_correction(mu, b1, count)
+        nu_hat = _tree.bias_correction(nu, b2, count)
+        return _ratio(mu_hat, nu_hat, eps, 0.0, updates), ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return GradientTransformation(init, update)
