@@ -10,7 +10,7 @@ one by chaining transforms, or take a ready alias::
     params = jol.apply_updates(params, updates)
 """
 
-from jaxopt_lite import tree
+from jaxopt_lite import schedules, sweeps, tree
 from jaxopt_lite.aliases import (
     adabelief,
     lamb,
@@ -98,6 +98,62 @@ from jaxopt_lite.transforms.scaling import (
     scale_by_learning_rate,
     scale_by_schedule,
     scale_by_sign,
+)
+
+from jaxopt_lite.schedules import (
+    constant_schedule,
+    cosine_decay_schedule,
+    cosine_onecycle_schedule,
+    exponential_decay,
+    inverse_time_decay,
+    join_schedules,
+    linear_onecycle_schedule,
+    linear_schedule,
+    natural_exp_decay,
+    piecewise_constant_schedule,
+    piecewise_interpolate_schedule,
+    polynomial_schedule,
+    sgdr_schedule,
+    warmup_constant_schedule,
+    warmup_cosine_decay_schedule,
+    warmup_exponential_decay_schedule,
+)
+from jaxopt_lite.training import (
+    EarlyStopping,
+    EarlyStoppingState,
+    ReduceLROnPlateauState,
+    early_stopping,
+    reduce_on_plateau,
+)
+from jaxopt_lite.wrappers import (
+    ApplyEvery,
+    ApplyIfFiniteState,
+    InjectHyperparamsState,
+    LookaheadParams,
+    LookaheadState,
+    MaskedNode,
+    MaskedState,
+    MultiSteps,
+    MultiStepsState,
+    MultiTransformState,
+    ParamsEMA,
+    ParamsEMAState,
+    PartitionState,
+    ShouldSkipUpdateFunction,
+    apply_every,
+    apply_if_finite,
+    flatten,
+    freeze,
+    inject_hyperparams,
+    lookahead,
+    masked,
+    multi_transform,
+    params_ema,
+    partition,
+    selective_transform,
+    set_hyperparams,
+    skip_large_updates,
+    skip_not_finite,
 )
 
 global_norm = tree.global_norm
