@@ -1,0 +1,348 @@
+"""Tables for the terminal and ``report.md``, and ``results.json``.
+
+Each section's table is built once (:func:`tables`) and rendered twice: as
+aligned text for the terminal and as a Markdown table for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.context import Context
+
+
+@dataclass
+class Table:
+    section: str
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+# --- number formatting -------------------------------------------------------------------------------
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    x = float(x)
+    if not math.isfinite(x):
+        return "diverged"
+    if x == 0:
+        return "0"
+    return f"{x:.{digits}g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.{max(digits - 1, 1)}e}"
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds * 1e9:.3g} ns"
+
+
+def fmt_timing(t: dict | None) -> str:
+    """``median ± IQR/2``."""
+    if not t:
+        return "—"
+    return f"{fmt_time(t['median_s'])} ±{fmt_time(t['iqr_s'] / 2)}"
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "—" if r is None else f"{r:.2f}x"
+
+
+def fmt_pct(r: float | None) -> str:
+    return "—" if r is None else f"{100 * r:.0f}%"
+
+
+def fmt_n(n: int) -> str:
+    for unit, scale in (("M", 2**20), ("k", 2**10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return f"{n / 1e6:.3g}M" if n >= 10**6 else f"{n:,}"
+
+
+def _compile_s(rec: dict) -> str:
+    """Lowering plus compiling, as one figure."""
+    return f"{rec['lower_s'] + rec['compile_s']:.2f} s"
+
+
+def _err(rec: dict) -> str | None:
+    """A short cell for a failed measurement (the message is in the report's Errors section)."""
+    return f"error: {rec['error'].split(':')[0]}" if "error" in rec else None
+
+
+# --- tables ------------------------------------------------------------------------------------------
+
+def _toy_tables(toy: dict) -> list[Table]:
+    problems = list(toy)
+    names = list(dict.fromkeys(o for p in problems for o in toy[p]["results"]))
+    steps, final, wall = [], [], []
+    for o in names:
+        recs = [toy[p]["results"].get(o, {"error": "missing"}) for p in problems]
+        steps.append([o] + [_err(r) and "error" or fmt(r["steps_to_target"]) for r in recs])
+        final.append([o] + [_err(r) and "error" or (fmt(r["final_loss"]) if r["finite"] else "diverged")
+                            for r in recs])
+        wall.append([o] + [_err(r) and "error" or f"{fmt_time(r['run']['median_s'])} / {_compile_s(r['compile'])}"
+                           for r in recs])
+    targets = ", ".join(f"{p}: f <= {fmt(toy[p]['problem']['target'])}" for p in problems)
+    return [
+        Table("toy", "Toy problems: steps to reach the target (— = not reached)", ["optimizer", *problems], steps,
+              f"Targets: {targets}. Saddle and x^3 are unbounded below: the target means escaping below -1."),
+        Table("toy", "Toy problems: final loss", ["optimizer", *problems], final),
+        Table("toy", "Toy problems: run time (jitted scan, median) / compile time", ["optimizer", *problems], wall),
+    ]
+
+
+def _logistic_table(sec: dict) -> Table:
+    rows = []
+    for mode, r in sec["modes"].items():
+        if _err(r):
+            rows.append([mode, _err(r)] + [""] * 7)
+            continue
+        rows.append([mode, fmt(r["batch_size"]), fmt(r["lr"]), fmt(r["steps_per_epoch"]), fmt(r["final_suboptimality"]),
+                     fmt(r["epochs_to_tolerance"]), fmt_pct(r["test_accuracy"]), fmt_timing(r["run"]),
+                     fmt_time(r["seconds_per_epoch"])])
+    note = (f"n_train={sec['n_train']}, d={sec['dim']}, {sec['epochs']} epochs, L2={sec['l2']:g}; "
+            f"f* by Newton's method; tolerance f - f* <= {sec['tolerance']:g}; "
+            f"learning rates in units of 1/L, L={sec['smoothness_L']:.3g}.")
+    return Table("logistic", "Logistic regression: full-batch vs mini-batch vs stochastic gradient descent",
+                 ["mode", "batch", "lr", "steps/epoch", "final f - f*", "epochs to tol", "test acc", "run time",
+                  "time/epoch"], rows, note)
+
+
+def _mlp_table(sec: dict) -> Table:
+    rows = []
+    for o, r in sec["results"].items():
+        if _err(r):
+            rows.append([o, _err(r)] + [""] * 7)
+            continue
+        rows.append([o, fmt(r["best_lr"]) + (" (edge)" if r["best_at_grid_edge"] else ""), fmt(r["final_train_loss"]),
+                     fmt_pct(r["val_accuracy"]), fmt_pct(r["test_accuracy"]), fmt(r["epochs_to_tolerance"]),
+                     _compile_s(r["compile"]), fmt_timing(r["sweep_run"])])
+    note = (f"MLP {sec['sizes']}, batch {sec['batch_size']}, {sec['epochs']} epochs; learning rate chosen among "
+            f"{sec['sweep_points']} log-spaced rates (+-{sec['sweep_decades']} decades around the table's rate) by "
+            f"{sec['selection']}, all rates in one jit(vmap) program. 'edge': the best rate is at the grid's edge. "
+            + sec.get("note", ""))
+    return Table("mlp", "Digits MLP: each optimizer at its best swept learning rate",
+                 ["optimizer", "best lr", "train loss", "val acc", "test acc",
+                  f"epochs to loss<={sec['train_loss_tolerance']}", "compile", "sweep run"], rows, note)
+
+
+def _roofline_table(sec: dict) -> Table:
+    rows = []
+    for n, r in sorted(sec.get("sizes", {}).items(), key=lambda kv: int(kv[0])):
+        if _err(r):
+            rows.append([fmt_n(int(n)), _err(r), "", ""])
+            continue
+        rows.append([fmt_n(int(n)), fmt(r["bytes"] / 1e6), fmt_timing(r["time"]), fmt(r["bandwidth_gb_s"])])
+    return Table("roofline", f"Roofline: triad {sec.get('kernel', '')}", ["n", "MB moved", "time", "GB/s"], rows)
+
+
+def _speed_table(section: str, sec: dict) -> Table:
+    rows_in = sec.get("rows", [])
+    peers = list(dict.fromkeys(p for r in rows_in for p in r.get("speedup_vs", {})))
+    subject = next((r["subject"] for r in rows_in if "subject" in r), "subject")
+    headers = ["optimizer", "params", "leaves", f"{subject} step", "% roofline", "triad GB/s", "compile",
+               "XLA B/param (nominal)"]
+    headers += [f"vs {p}" for p in peers]
+    rows = []
+    for r in rows_in:
+        head = [r["optimizer"], fmt_n(r["n_params"]), fmt(r["n_leaves"])]
+        sub = r.get("impls", {}).get(r.get("subject"), r)
+        if _err(sub):
+            rows.append(head + [_err(sub)] + [""] * (len(headers) - 4))
+            continue
+        comp = sub["compile"]
+        xla = sub["xla_bytes_per_param"]
+        rows.append(head + [fmt_timing(sub["time"]), fmt_pct(sub["fraction_of_roofline"]),
+                            fmt(r["triad"]["bandwidth_gb_s"]), _compile_s(comp),
+                            f"{fmt(xla)} ({r['nominal_bytes_per_param']})"]
+                    + [fmt_ratio(r["speedup_vs"].get(p)) for p in peers])
+    title = {"update": "Update step, one leaf", "leaves": "Update step, many leaves"}[section]
+    note = ("Step: jitted, params and state donated, median ± IQR/2. % roofline: the time the nominal bytes take at "
+            "the bandwidth of a triad of the same size timed alongside, over the measured time. XLA B/param: XLA's "
+            "cost model (bytes accessed / params) vs the nominal bytes of a fully fused update. 'vs X': X's median "
+            "time / this library's (>1: this library is faster). Samples interleaved across implementations and the "
+            "triad.")
+    return Table(section, title, headers, rows, note)
+
+
+def _sweep_table(sec: dict) -> Table:
+    rows = []
+    for r in sec.get("rows", []):
+        if _err(r):
+            rows.append([fmt(r["k"]), _err(r)] + [""] * 6)
+            continue
+        comp = r["vmap"]["compile"]
+        rows.append([fmt(r["k"]), fmt_timing(r["vmap"]["time"]), fmt_timing(r["loop"]["time"]),
+                     fmt_ratio(r["speedup_vmap_vs_loop"]), fmt_time(r["vmap_seconds_per_run"]),
+                     _compile_s(comp), fmt(r["max_rel_diff_first_10_steps"]),
+                     fmt(r["median_rel_diff_final_loss"])])
+    loop = sec.get("loop_compile")
+    loop_compile = _compile_s(loop) if loop else "—"
+    note = (f"{sec.get('problem')}, {sec.get('optimizer')}, {sec.get('steps')} steps on mini-batches of "
+            f"{sec.get('batch_size')} per run. Loop: one jit(train) compiled once ({loop_compile}), called K times. "
+            "loop/vmap > 1: the vmapped sweep is faster. Relative differences vmap vs loop: early losses must agree to "
+            "rounding; final losses may differ where large rates make training chaotic.")
+    return Table("sweep", "Learning-rate sweep: jit(vmap) vs a Python loop of jitted runs",
+                 ["K", "vmap", "loop", "loop/vmap", "vmap per run", "vmap compile", "max rel diff (10 steps)",
+                  "median rel diff (final)"], rows, note)
+
+
+def tables(results: dict) -> list[Table]:
+    out: list[Table] = []
+    if results.get("toy"):
+        out += _toy_tables(results["toy"])
+    if results.get("logistic", {}).get("modes"):
+        out.append(_logistic_table(results["logistic"]))
+    if results.get("mlp", {}).get("results"):
+        out.append(_mlp_table(results["mlp"]))
+    if results.get("roofline"):
+        out.append(_roofline_table(results["roofline"]))
+    for section in ("update", "leaves"):
+        if results.get(section, {}).get("rows"):
+            out.append(_speed_table(section, results[section]))
+    if results.get("sweep", {}).get("rows"):
+        out.append(_sweep_table(results["sweep"]))
+    return out
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+
+def render_text(t: Table) -> str:
+    cells = [t.headers] + t.rows
+    widths = [max(len(str(row[i])) if i < len(row) else 0 for row in cells) for i in range(len(t.headers))]
+    line = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+    parts = [t.title, "=" * len(t.title), line(t.headers), line(["-" * w for w in widths])]
+    parts += [line(r) for r in t.rows]
+    if t.note:
+        parts.append(t.note)
+    return "\n".join(parts)
+
+
+def render_markdown(t: Table) -> str:
+    esc = lambda c: str(c).replace("|", "\\|")
+    parts = [f"### {t.title}", "", "| " + " | ".join(map(esc, t.headers)) + " |",
+             "|" + "|".join("---" for _ in t.headers) + "|"]
+    parts += ["| " + " | ".join(esc(c) for c in r) + " |" for r in t.rows]
+    if t.note:
+        parts += ["", t.note]
+    return "\n".join(parts)
+
+
+# --- results.json and report.md ----------------------------------------------------------------------
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON: keys starting with ``_`` (plot arrays) dropped, NaN/inf as ``null``."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    return str(obj)
+
+
+def write_json(ctx: Context, meta: dict, path: Path) -> dict:
+    doc = jsonable({"meta": meta, **ctx.results})
+    path.write_text(json.dumps(doc, indent=1, allow_nan=False))
+    return doc
+
+
+_PLOT_TITLES = {
+    "trajectories": "Trajectories over contour plots",
+    "toy_losses": "Toy problems: loss curves",
+    "logistic": "Logistic regression",
+    "mlp": "Digits MLP",
+    "speed_vs_params": "Step time vs number of parameters",
+    "speed_vs_leaves": "Step time vs number of leaves",
+    "sweep": "Learning-rate sweep",
+}
+
+
+def write_markdown(ctx: Context, meta: dict, all_tables: list[Table], plots: list[Path], path: Path) -> None:
+    m = meta["machine"]
+    v = m["versions"]
+    lines = [
+        "# jaxopt_lite benchmarks",
+        "",
+        f"Command: `{m['command']}`  ",
+        (f"Machine: {m['cpu_model']}, {m['cpu_cores']} cores, "
+         f"{(m['memory_bytes'] or 0) / 2**30:.0f} GiB; device: {m['platform']} ({m['device_kind']})  "),
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + "  ",
+        (f"Library under test: `{meta['config']['library']}`; mode: {'quick' if meta['config']['quick'] else 'full'}; "
+         f"repeats: {meta['config']['repeats']}; started {meta['started']}, took {meta['duration_s']:.0f} s; "
+         f"load average {m.get('load_average')} at the start, {meta.get('load_average_at_end')} at the end "
+         f"({m['cpu_cores']} cores)."),
+        "",
+        ("Speed figures are ratios to a peer measured in the same process (the triad roofline, Optax, torch.optim), "
+         "with samples interleaved; absolute times depend on the machine and its load."),
+        "",
+    ]
+    warning = busy_machine_warning(meta)
+    if warning:
+        lines += [f"> **Warning:** {warning}", ""]
+    current = None
+    for t in all_tables:
+        if t.section != current:
+            current = t.section
+            lines += [f"## {current}", ""]
+        lines += [render_markdown(t), ""]
+    if plots:
+        lines += ["## Plots", ""]
+        for p in plots:
+            stem = p.stem.split("__")[0]
+            lines += [f"### {_PLOT_TITLES.get(stem, stem)}: {p.stem}", "", f"![{p.stem}]({p.name})", ""]
+    errors = [(s, e) for s, e in find_errors(ctx.results)]
+    if errors:
+        lines += ["## Errors", ""] + [f"- `{where}`: {msg}" for where, msg in errors] + [""]
+    path.write_text("\n".join(lines))
+
+
+def find_errors(tree: Any, where: str = "") -> list[tuple[str, str]]:
+    """``(path, message)`` for every failed measurement recorded in the results."""
+    found = []
+    if isinstance(tree, dict):
+        if isinstance(tree.get("error"), str):
+            found.append((where, tree["error"]))
+        for k, v in tree.items():
+            if not str(k).startswith("_"):
+                found += find_errors(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            keys = ("optimizer", "n_params", "n_leaves", "k")
+            label = ", ".join(f"{k}={v[k]}" for k in keys if k in v) if isinstance(v, dict) else ""
+            found += find_errors(v, f"{where}[{label or i}]")
+    return found
+
+
+def busy_machine_warning(meta: dict) -> str | None:
+    """A caveat when other work competed for the cores while the figures were taken."""
+    cores = meta["machine"].get("cpu_cores") or 1
+    loads = [la[0] for la in (meta["machine"].get("load_average"), meta.get("load_average_at_end")) if la]
+    if not loads or max(loads) <= 1.2 * cores:
+        return None
+    return (f"the machine was busy (1-minute load average up to {max(loads):.1f} on {cores} cores): timings are noisy, "
+            "and thread-pool barriers (torch.optim's OpenMP kernels in particular) suffer most when cores are "
+            "oversubscribed. Compare ratios only, and rerun on an idle machine before quoting them.")

@@ -1,0 +1,239 @@
+"""Speed suite: one optimizer update step, jitted with params and state donated.
+
+For sgd, momentum, adam, adamw and
+``chain(clip_by_global_norm(1.0), adamw(warmup_cosine_decay_schedule(...)))``:
+
+* ``update``: one leaf of 1M..64M float32 parameters (capped by ``--max-params``);
+* ``leaves``: 10M parameters split into 1, 100, 1000, 5000 leaves.
+
+Every figure is relative to a peer timed in the same process, samples
+interleaved: the roofline (a triad of the same total size, see
+:mod:`benchmarks.roofline`), Optax, and torch.optim (foreach and fused) when
+importable. Compile time is ``lower()`` + ``compile()``, timed; XLA's cost
+model gives the bytes it expects the step to move.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import roofline
+from benchmarks.context import Context, Task, error_record
+from benchmarks.timing import Compiled, Runner, compile_timed, measure
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "clip_adamw_cosine")
+# Float32 bytes a fused update must move per parameter: read p, g (+ moments), write p (+ moments);
+# the global-norm chain reads g once more for the norm.
+NOMINAL_BYTES = {"sgd": 12, "momentum": 20, "adam": 28, "adamw": 28, "clip_adamw_cosine": 32}
+DESCRIPTION = {
+    "sgd": "sgd(1e-3)",
+    "momentum": "sgd(1e-3, momentum=0.9)",
+    "adam": "adam(1e-3)",
+    "adamw": "adamw(1e-3, weight_decay=1e-4)",
+    "clip_adamw_cosine": "chain(clip_by_global_norm(1.0), "
+                         "adamw(warmup_cosine_decay_schedule(0, 1e-3, 100, 10k, 1e-5)))",
+}
+LR, WEIGHT_DECAY, MOMENTUM = 1e-3, 1e-4, 0.9
+SCHEDULE = {"init_value": 0.0, "peak_value": 1e-3, "warmup_steps": 100, "decay_steps": 10_000, "end_value": 1e-5}
+
+warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+
+
+# --- sizes -------------------------------------------------------------------------------------------
+
+def single_leaf_sizes(ctx: Context) -> list[int]:
+    sizes = ctx.config.pick([2**16, 2**20], [2**20, 2**22, 2**24, 2**26])
+    return [n for n in sizes if n <= ctx.config.max_params] or [min(sizes[0], ctx.config.max_params)]
+
+
+def leaves_total(ctx: Context) -> int:
+    return min(ctx.config.pick(2**18, 10_000_000), ctx.config.max_params)
+
+
+def leaf_counts(ctx: Context) -> list[int]:
+    counts = ctx.config.pick([1, 4, 32], [1, 100, 1000, 5000])
+    return [k for k in counts if k <= leaves_total(ctx)]
+
+
+def split_sizes(total: int, leaves: int) -> list[int]:
+    base, extra = divmod(total, leaves)
+    return [base + (i < extra) for i in range(leaves)]
+
+
+def make_tree(sizes: list[int], fill: float | None, seed: int | None = None) -> dict[str, jax.Array]:
+    """``{"p0000": array, ...}``: constant ``fill`` or, with ``seed``, standard normal values.
+
+    Random values are drawn with NumPy and put on the device leaf by leaf
+    (``jnp.split`` of one array into 5000 leaves takes minutes to compile).
+    """
+    if seed is None:
+        return {f"p{i:04d}": jnp.full((s,), fill, jnp.float32) for i, s in enumerate(sizes)}
+    flat = np.random.default_rng(seed).standard_normal(sum(sizes), dtype=np.float32)
+    parts = np.split(flat, np.cumsum(sizes)[:-1])
+    return {f"p{i:04d}": jax.device_put(p) for i, p in enumerate(parts)}
+
+
+# --- implementations ---------------------------------------------------------------------------------
+
+def build(lib, name: str):
+    """The benchmarked optimizers, through the Optax API (jaxopt_lite and optax alike)."""
+    if name == "sgd":
+        return lib.sgd(LR)
+    if name == "momentum":
+        return lib.sgd(LR, momentum=MOMENTUM)
+    if name == "adam":
+        return lib.adam(LR)
+    if name == "adamw":
+        return lib.adamw(LR, weight_decay=WEIGHT_DECAY)
+    if name == "clip_adamw_cosine":
+        schedule = lib.warmup_cosine_decay_schedule(**SCHEDULE)
+        return lib.chain(lib.clip_by_global_norm(1.0), lib.adamw(schedule, weight_decay=WEIGHT_DECAY))
+    raise ValueError(name)
+
+
+def jax_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compiled]:
+    """A donated, AOT-compiled ``(params, state) <- step(params, state, grads)`` and its compile record."""
+    tx = build(lib, name)
+    params = make_tree(sizes, 0.01)
+    state = tx.init(params)
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return lib.apply_updates(params, updates), state
+
+    compiled = compile_timed(jax.jit(step, donate_argnums=(0, 1)), params, state, grads)
+    return Runner(lambda carry: compiled.executable(*carry, grads), (params, state)), compiled
+
+
+def _torch_lr_lambda(step: int) -> float:
+    """The same warmup-cosine schedule as :data:`SCHEDULE`, as a multiplier of the peak rate."""
+    s = SCHEDULE
+    if step < s["warmup_steps"]:
+        return step / s["warmup_steps"]
+    t = min(step - s["warmup_steps"], s["decay_steps"] - s["warmup_steps"]) / (s["decay_steps"] - s["warmup_steps"])
+    end = s["end_value"] / s["peak_value"]
+    return end + (1 - end) * 0.5 * (1 + np.cos(np.pi * t))
+
+
+def torch_runner(name: str, sizes: list[int], grads, variant: str) -> Runner:
+    """``torch.optim`` with ``foreach=True`` or ``fused=True`` on the same shapes and gradients."""
+    import torch
+
+    flags = {variant: True}
+    params = [torch.full((s,), 0.01, requires_grad=True) for s in sizes]
+    for p, g in zip(params, jax.tree.leaves(grads)):
+        p.grad = torch.from_numpy(np.array(g))
+    if name in ("sgd", "momentum"):
+        opt = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM if name == "momentum" else 0.0, **flags)
+    elif name == "adam":
+        opt = torch.optim.Adam(params, lr=LR, **flags)
+    else:
+        opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, **flags)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, _torch_lr_lambda) if name == "clip_adamw_cosine" else None
+
+    @torch.no_grad()
+    def step(carry):
+        if schedule is not None:
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        opt.step()
+        if schedule is not None:
+            schedule.step()
+        return carry
+
+    return Runner(step, None, sync=lambda carry: carry)
+
+
+def _torch_variants(ctx: Context) -> list[str]:
+    """torch peers, when torch is importable and runs on the same kind of device as JAX."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return []
+    return ["foreach", "fused"] if jax.devices()[0].platform == "cpu" else []
+
+
+def _peer_libraries(ctx: Context) -> dict[str, object]:
+    peers = {}
+    for name in ("optax",):
+        if name == ctx.lib.__name__:
+            continue
+        try:
+            peers[name] = importlib.import_module(name)
+        except ImportError:
+            pass
+    return peers
+
+
+def measure_step(ctx: Context, name: str, sizes: list[int]) -> dict:
+    """All implementations of optimizer ``name`` on params of the given leaf sizes, interleaved."""
+    n = sum(sizes)
+    grads = make_tree(sizes, None, seed=ctx.config.seed)
+    builders: dict[str, Callable[[], tuple[Runner, Compiled | None]]] = {
+        ctx.lib.__name__: lambda: jax_runner(ctx.lib, name, sizes, grads)
+    }
+    for peer, lib in _peer_libraries(ctx).items():
+        builders[peer] = lambda lib=lib: jax_runner(lib, name, sizes, grads)
+    for variant in _torch_variants(ctx):
+        builders[f"torch_{variant}"] = lambda v=variant: (torch_runner(name, sizes, grads, v), None)
+
+    impls: dict[str, dict] = {}
+    runners: dict[str, Runner] = {"triad": roofline.triad_runner(n)[0]}
+    for impl, make in builders.items():
+        try:
+            runners[impl], compiled = make()
+            impls[impl] = {"compile": compiled.to_json() if compiled else None}
+        except Exception as exc:  # noqa: BLE001 - e.g. a torch build without fused CPU kernels
+            impls[impl] = error_record(exc)
+    timings = measure(runners, ctx.config.repeats, min_sample_s=ctx.config.pick(0.005, 0.02))
+
+    triad = roofline.triad_record(n, timings.pop("triad"))
+    nominal = NOMINAL_BYTES[name] * n
+    bw = triad["bandwidth_gb_s"] * 1e9
+    roof_s = nominal / bw
+    for impl, t in timings.items():
+        rec = impls[impl]
+        rec["time"] = t.to_json()
+        rec["achieved_gb_s"] = nominal / t.median_s / 1e9
+        rec["fraction_of_roofline"] = roof_s / t.median_s
+        xla_bytes = (rec.get("compile") or {}).get("xla_bytes_accessed")
+        rec["xla_bytes_per_param"] = xla_bytes / n if xla_bytes else None
+    subject = timings.get(ctx.lib.__name__)
+    peers = {impl: t for impl, t in timings.items() if impl != ctx.lib.__name__}
+    speedup = {impl: t.median_s / subject.median_s for impl, t in peers.items()} if subject else {}
+    return {
+        "optimizer": name,
+        "description": DESCRIPTION[name],
+        "n_params": n,
+        "n_leaves": len(sizes),
+        "nominal_bytes_per_param": NOMINAL_BYTES[name],
+        "triad": triad,
+        "roofline_time_s": roof_s,
+        "subject": ctx.lib.__name__,
+        "impls": impls,
+        "speedup_vs": speedup,
+    }
+
+
+def _task(section: str, name: str, n: int, leaves: int) -> Task:
+    def run(ctx: Context) -> None:
+        rows = ctx.section(section).setdefault("rows", [])
+        try:
+            rows.append(measure_step(ctx, name, split_sizes(n, leaves)))
+        except Exception as exc:  # noqa: BLE001
+            rows.append({"optimizer": name, "n_params": n, "n_leaves": leaves, **error_record(exc)})
+
+    return Task(section, f"{section}: {name}, {n:,} params in {leaves} leaves", run)
+
+
+def tasks(ctx: Context, section: str) -> list[Task]:
+    if section == "update":
+        return [_task(section, name, n, 1) for n in single_leaf_sizes(ctx) for name in OPTIMIZERS]
+    if section == "leaves":
+        return [_task(section, name, leaves_total(ctx), k) for k in leaf_counts(ctx) for name in OPTIMIZERS]
+    raise ValueError(section)

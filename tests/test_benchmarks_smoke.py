@@ -1,0 +1,172 @@
+"""Smoke test of the benchmark suite: ``python -m benchmarks --quick`` end to end, in a subprocess.
+
+It checks that every section runs and writes finite figures, the report and
+the plots. It never asserts a time: timings depend on the machine and its load.
+The correctness checks it does make (gradient descent on the seed problems
+follows the closed form; the vmapped sweep computes what the loop computes)
+hold on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+for _module in ("matplotlib", "tqdm", "sklearn", "optax"):  # the "bench" extras
+    pytest.importorskip(_module)
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTIMIZERS = ("sgd", "adam")
+SPEED_OPTIMIZERS = {"sgd", "momentum", "adam", "adamw", "clip_adamw_cosine"}
+TOY_PROBLEMS = {"square", "quadratic", "saddle", "cubic", "rosenbrock", "beale", "ill_conditioned"}
+
+
+def _run(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("JAX_ENABLE_X64", None)  # the suite measures the default float32 mode
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_out")
+    proc = _run(["--quick", "--out", str(out), "--optimizers", ",".join(OPTIMIZERS), "--repeats", "2"])
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    results = json.loads((out / "results.json").read_text())
+    return out, proc, results
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _positive(x) -> bool:
+    return _finite(x) and x > 0
+
+
+def test_meta_describes_machine_versions_and_command(run):
+    _, _, res = run
+    machine = res["meta"]["machine"]
+    for key in ("cpu_model", "cpu_cores", "memory_bytes", "platform", "device_kind"):
+        assert machine[key], key
+    for key in ("python", "jax", "jaxlib", "numpy", "optax"):
+        assert machine["versions"][key], key
+    assert "torch" in machine["versions"]  # None when torch is not installed
+    assert machine["command"].startswith("python -m benchmarks --quick")
+    assert res["meta"]["config"]["quick"] is True
+    assert _positive(res["meta"]["duration_s"])
+
+
+def test_toy_problems(run):
+    _, _, res = run
+    toy = res["toy"]
+    assert set(toy) == TOY_PROBLEMS
+    for name, entry in toy.items():
+        assert set(entry["results"]) == set(OPTIMIZERS), name
+        for opt, r in entry["results"].items():
+            assert "error" not in r, (name, opt, r.get("error"))
+            assert _positive(r["compile"]["compile_s"]) and _positive(r["run"]["median_s"])
+            assert r["curve"]["step"] and len(r["curve"]["step"]) == len(r["curve"]["value"])
+        if entry["problem"]["f_star"] is not None:  # bounded problems: gradient descent converges
+            assert _finite(entry["results"]["sgd"]["final_loss"]), name
+    # The seed articles' algebra: GD on x^2 at lr 0.2 is x_{t+1} = 0.6 x_t, and likewise for the other quadratics.
+    for name in ("square", "quadratic", "saddle", "ill_conditioned"):
+        assert toy[name]["results"]["sgd"]["gd_closed_form_max_err"] < 1e-4, name
+    assert toy["square"]["results"]["sgd"]["steps_to_target"] == 15  # 4 * 0.36**15 < 1e-6 < 4 * 0.36**14
+
+
+def test_logistic_regression_modes(run):
+    _, _, res = run
+    modes = res["logistic"]["modes"]
+    assert len(modes) == 3
+    for label, r in modes.items():
+        assert "error" not in r, (label, r.get("error"))
+        assert _finite(r["final_suboptimality"]) and r["final_suboptimality"] > -1e-4, label
+        assert 0.5 < r["test_accuracy"] <= 1.0, label
+        assert _positive(r["run"]["median_s"])
+        assert len(r["suboptimality_per_epoch"]) == res["logistic"]["epochs"] + 1
+
+
+def test_mlp_sweep(run):
+    _, _, res = run
+    mlp = res["mlp"]["results"]
+    assert set(mlp) == set(OPTIMIZERS)
+    for opt, r in mlp.items():
+        assert "error" not in r, (opt, r.get("error"))
+        assert len(r["lr_grid"]) == res["mlp"]["sweep_points"]
+        assert r["best_lr"] in r["lr_grid"]
+        assert 0.5 < r["test_accuracy"] <= 1.0, opt  # digits: far above chance (10%) after a few epochs
+        assert _finite(r["final_train_loss"])
+
+
+def test_roofline(run):
+    _, _, res = run
+    sizes = res["roofline"]["sizes"]
+    assert sizes
+    for n, r in sizes.items():
+        assert _positive(r["bandwidth_gb_s"]), n
+        assert r["bytes"] == 12 * int(n)
+
+
+@pytest.mark.parametrize("section", ["update", "leaves"])
+def test_speed_rows(run, section):
+    _, _, res = run
+    rows = res[section]["rows"]
+    assert {r["optimizer"] for r in rows} == SPEED_OPTIMIZERS
+    if section == "leaves":
+        assert len({r["n_leaves"] for r in rows}) >= 3
+        assert len({r["n_params"] for r in rows}) == 1
+    for r in rows:
+        assert "error" not in r, r
+        subject = r["impls"][r["subject"]]
+        assert "error" not in subject, (r["optimizer"], subject.get("error"))
+        assert _positive(subject["time"]["median_s"]) and _finite(subject["time"]["iqr_s"])
+        assert _positive(subject["fraction_of_roofline"])
+        assert _positive(subject["compile"]["lower_s"]) and _positive(subject["compile"]["compile_s"])
+        assert _positive(r["triad"]["bandwidth_gb_s"])
+        assert r["nominal_bytes_per_param"] in (12, 20, 28, 32)
+        if r["subject"] != "optax":
+            assert "error" not in r["impls"]["optax"], r["impls"]["optax"]
+            assert _positive(r["speedup_vs"]["optax"])
+        for impl, ratio in r["speedup_vs"].items():
+            assert _positive(ratio), (r["optimizer"], impl)
+
+
+def test_sweep_vmap_matches_loop(run):
+    _, _, res = run
+    rows = res["sweep"]["rows"]
+    assert [r["k"] for r in rows] == [1, 8, 32, 128]
+    for r in rows:
+        assert "error" not in r, r
+        assert _positive(r["speedup_vmap_vs_loop"])
+        assert _positive(r["vmap"]["compile"]["compile_s"])
+        assert r["max_rel_diff_first_10_steps"] < 1e-3, r["k"]  # vmap computes what the loop computes
+
+
+def test_report_and_plots(run):
+    out, proc, res = run
+    report = (out / "report.md").read_text()
+    for heading in ("# jaxopt_lite benchmarks", "## toy", "## logistic", "## mlp", "## roofline", "## update",
+                    "## leaves", "## sweep", "## Plots"):
+        assert heading in report, heading
+    expected = [f"trajectories__{p}.png" for p in TOY_PROBLEMS]
+    expected += ["toy_losses.png", "logistic.png", "mlp.png", "speed_vs_params.png", "speed_vs_leaves.png", "sweep.png"]
+    for name in expected:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
+        assert f"]({name})" in report, name
+    assert "plots" not in res, res.get("plots")  # no figure failed
+    assert "Update step, one leaf" in proc.stdout  # the terminal tables
+
+
+def test_cli_rejects_unknown_section():
+    proc = _run(["--only", "bogus", "--out", os.devnull], timeout=120)
+    assert proc.returncode != 0
+    assert "unknown section" in proc.stderr
