@@ -471,8 +471,10 @@ def scale_by_radam(
         mu, nu, count = _adam_moments("scale_by_radam", updates, state, b1, b2)
         t = count.astype(jnp.result_type(float))
         rho_inf = 2.0 / (1.0 - b2) - 1.0
-        b2t = b2**t
-        rho_t = rho_inf - 2.0 * t * b2t / (1.0 - b2t)
+        # rho_t is a difference of two numbers near rho_inf (~2000): form b2^t and 1 - b2^t
+        # through log1p/expm1 so that float32 keeps the digits that survive the subtraction.
+        t_log_b2 = t * jnp.log1p(-(1.0 - b2))
+        rho_t = rho_inf - 2.0 * t * jnp.exp(t_log_b2) / -jnp.expm1(t_log_b2)
         rectify = rho_t >= threshold
         # Both branches are evaluated; keep the unused one finite (no NaN in values or grads).
         safe_rho = jnp.where(rectify, rho_t, rho_inf)
