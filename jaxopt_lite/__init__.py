@@ -100,6 +100,7 @@ from jaxopt_lite.transforms.scaling import (
     scale_by_sign,
 )
 
+from jaxopt_lite.fused import Fused, Layout, fuse, is_fused, unfuse
 from jaxopt_lite.schedules import (
     constant_schedule,
     cosine_decay_schedule,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import EmptyState, GradientTransformation, stateless
+from jaxopt_lite.fused import reject_fused
 
 ClipState = EmptyState
 ClipByGlobalNormState = EmptyState
@@ -44,7 +45,12 @@ def clip_by_norm(max_norm: float | jax.Array) -> GradientTransformation:
         norm = _tree.global_norm(u)
         return (u * _shrink_factor(norm, max_norm)).astype(u.dtype)
 
-    return stateless(lambda updates, params: jax.tree.map(leaf, updates))
+    def apply(updates, params):
+        del params
+        reject_fused("clip_by_norm", updates)
+        return jax.tree.map(leaf, updates)
+
+    return stateless(apply)
 
 
 def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
@@ -102,6 +108,7 @@ def adaptive_grad_clip(
     def apply(updates, params):
         if params is None:
             raise ValueError("adaptive_grad_clip: params must be passed to update (the clip is relative to them)")
+        reject_fused("adaptive_grad_clip", updates, params)
         _tree.check_same_structure(updates, params, "updates", "params")
         return jax.tree.map(leaf, updates, params)
 

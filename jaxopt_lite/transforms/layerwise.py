@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import EmptyState, GradientTransformation, stateless
+from jaxopt_lite.fused import reject_fused
 
 ScaleByTrustRatioState = EmptyState
 
@@ -37,6 +38,7 @@ def scale_by_trust_ratio(
     def apply(updates, params):
         if params is None:
             raise ValueError("scale_by_trust_ratio: params must be passed to update (the ratio uses their norm)")
+        reject_fused("scale_by_trust_ratio", updates, params)
         _tree.check_same_structure(updates, params, "updates", "params")
         return jax.tree.map(leaf, updates, params)
 

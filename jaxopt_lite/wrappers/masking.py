@@ -25,6 +25,7 @@ from jaxopt_lite.base import (
     set_to_zero,
     with_extra_args_support,
 )
+from jaxopt_lite.fused import reject_fused
 
 # ----------------------------------------------------------------------------
 # Masking.
@@ -93,8 +94,15 @@ def _mask_value(owner: str, value: Any) -> bool:
     return bool(arr)
 
 
+def _reject_fused_unless_uniform(owner: str, mask: Any, tree: Any) -> None:
+    """A fused tree's leaves are whole buffers: only a single mask value (or label) keeps its meaning."""
+    if _is_mask_callable(mask) or len(jax.tree.leaves(mask)) != 1:
+        reject_fused(owner, tree)
+
+
 def _resolve_mask(owner: str, mask: Any, tree: Any) -> tuple[Any, list[bool]]:
     """Returns ``(mask_treedef, flags)`` with one Python bool per leaf of the mask tree."""
+    _reject_fused_unless_uniform(owner, mask, tree)
     mask_tree = mask(tree) if _is_mask_callable(mask) else mask
     _subtrees_up_to(mask_tree, tree, owner, "mask", "params")
     leaves, treedef = jax.tree.flatten(mask_tree)
@@ -188,6 +196,7 @@ MultiTransformState = PartitionState
 
 
 def _resolve_labels(owner: str, param_labels: Any, tree: Any, known: Mapping[Hashable, Any]) -> tuple[Any, list]:
+    _reject_fused_unless_uniform(owner, param_labels, tree)
     labels_tree = param_labels(tree) if _is_mask_callable(param_labels) else param_labels
     _subtrees_up_to(labels_tree, tree, owner, "param_labels", "params")
     leaves, treedef = jax.tree.flatten(labels_tree)
