@@ -158,6 +158,10 @@ def _speed_table(section: str, sec: dict) -> Table:
     headers = ["optimizer", "params", "leaves", f"{subject} step", "% roofline", "triad GB/s", "compile",
                "XLA B/param (nominal)"]
     headers += [f"vs {p}" for p in peers]
+    fused = f"{subject}_fused"
+    has_fused = any(fused in r.get("impls", {}) for r in rows_in)
+    if has_fused:
+        headers.append("fused compile")
     rows = []
     for r in rows_in:
         head = [r["optimizer"], fmt_n(r["n_params"]), fmt(r["n_leaves"])]
@@ -171,12 +175,15 @@ def _speed_table(section: str, sec: dict) -> Table:
                             fmt(r["triad"]["bandwidth_gb_s"]), _compile_s(comp),
                             f"{fmt(xla)} ({r['nominal_bytes_per_param']})"]
                     + [fmt_ratio(r["speedup_vs"].get(p)) for p in peers])
+        if has_fused:
+            rec = r["impls"].get(fused)
+            rows[-1].append(_compile_s(rec["compile"]) if rec and not _err(rec) else (_err(rec) if rec else ""))
     title = {"update": "Update step, one leaf", "leaves": "Update step, many leaves"}[section]
     note = ("Step: jitted, params and state donated, median ± IQR/2. % roofline: the time the nominal bytes take at "
             "the bandwidth of a triad of the same size timed alongside, over the measured time. XLA B/param: XLA's "
             "cost model (bytes accessed / params) vs the nominal bytes of a fully fused update. 'vs X': X's median "
             "time / this library's (>1: this library is faster). Samples interleaved across implementations and the "
-            "triad.")
+            "triad. '_fused': the same optimizer with params, grads and state in the fused layout (jaxopt_lite.fuse).")
     return Table(section, title, headers, rows, note)
 
 

@@ -111,6 +111,22 @@ def jax_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compile
     return Runner(lambda carry: compiled.executable(*carry, grads), (params, state)), compiled
 
 
+def fused_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compiled]:
+    """The same step with params, grads and state in the library's fused layout (one buffer, any leaf count)."""
+    tx = build(lib, name)
+    layout = lib.Layout.of(grads)
+    params = lib.Fused((jnp.full((sum(sizes),), 0.01, jnp.float32),), layout)
+    flat_grads = lib.Fused((jax.device_put(np.concatenate([np.asarray(g) for g in jax.tree.leaves(grads)])),), layout)
+    state = tx.init(params)
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return lib.apply_updates(params, updates), state
+
+    compiled = compile_timed(jax.jit(step, donate_argnums=(0, 1)), params, state, flat_grads)
+    return Runner(lambda carry: compiled.executable(*carry, flat_grads), (params, state)), compiled
+
+
 def _torch_lr_lambda(step: int) -> float:
     """The same warmup-cosine schedule as :data:`SCHEDULE`, as a multiplier of the peak rate."""
     s = SCHEDULE
@@ -177,6 +193,8 @@ def measure_step(ctx: Context, name: str, sizes: list[int]) -> dict:
     builders: dict[str, Callable[[], tuple[Runner, Compiled | None]]] = {
         ctx.lib.__name__: lambda: jax_runner(ctx.lib, name, sizes, grads)
     }
+    if len(sizes) > 1 and hasattr(ctx.lib, "fuse"):
+        builders[f"{ctx.lib.__name__}_fused"] = lambda: fused_runner(ctx.lib, name, sizes, grads)
     for peer, lib in _peer_libraries(ctx).items():
         builders[peer] = lambda lib=lib: jax_runner(lib, name, sizes, grads)
     for variant in _torch_variants(ctx):
