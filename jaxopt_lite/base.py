@@ -139,10 +139,10 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
 
     Example: ``chain(clip_by_global_norm(1.0), scale_by_adam(), scale(-1e-3))``.
     """
-    transforms = tuple(with_extra_args_support(t) for t in transforms)
     for i, t in enumerate(transforms):
         if not (callable(getattr(t, "init", None)) and callable(getattr(t, "update", None))):
             raise TypeError(f"chain: argument {i} is not a GradientTransformation: {t!r}")
+    transforms = tuple(with_extra_args_support(t) for t in transforms)
 
     def init(params):
         return tuple(t.init(params) for t in transforms)
