@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 
+from jaxopt_lite import _checks
 from jaxopt_lite.base import GradientTransformationExtraArgs, ScalarOrSchedule, chain, identity
 from jaxopt_lite.transforms.adaptive import (
     scale_by_adadelta,
@@ -34,9 +35,12 @@ from jaxopt_lite.transforms.scaling import scale_by_learning_rate, scale_by_sign
 Scalar = float | jax.Array
 
 
-def _momentum(momentum: Scalar | None, nesterov: bool, accumulator_dtype: Any = None, dampening: Scalar = 0.0):
+def _momentum(
+    momentum: Scalar | None, nesterov: bool, accumulator_dtype: Any = None, dampening: Scalar = 0.0, *, owner: str = "sgd"
+):
     if momentum is None:
         return identity()
+    _checks.check_decay(owner, "momentum", momentum)  # named as the alias's argument, not trace's "decay"
     return trace(momentum, nesterov, accumulator_dtype, dampening=dampening)
 
 
@@ -130,7 +134,7 @@ def rmsprop(
     return chain(
         scaler(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
         scale_by_learning_rate(learning_rate),
-        _momentum(momentum, nesterov),
+        _momentum(momentum, nesterov, owner="rmsprop"),
     )
 
 
@@ -357,5 +361,5 @@ def lars(
         add_decayed_weights(weight_decay, weight_decay_mask),
         masked(scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps), trust_ratio_mask),
         scale_by_learning_rate(learning_rate),
-        _momentum(momentum, nesterov),
+        _momentum(momentum, nesterov, owner="lars"),
     )

@@ -167,6 +167,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
 def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformationExtraArgs:
     """Like :func:`chain`, but the state is a dict keyed by the given names."""
     names = [name for name, _ in transforms]
+    for name, t in transforms:
+        if not (callable(getattr(t, "init", None)) and callable(getattr(t, "update", None))):
+            raise TypeError(f"named_chain: transform {name!r} is not a GradientTransformation: {t!r}")
     if len(set(names)) != len(names):
         raise ValueError(f"named_chain: names must be unique, got {names}")
     inner = {name: with_extra_args_support(t) for name, t in transforms}
@@ -191,20 +194,25 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     ``None`` updates leave their parameter as it is. Integer or boolean
     parameters cannot take a floating-point step and raise ``TypeError``.
     """
-    _tree.check_same_structure(updates, params, "updates", "params")
+    is_none = lambda x: x is None  # noqa: E731
+    if jax.tree.structure(updates, is_leaf=is_none) != jax.tree.structure(params, is_leaf=is_none):
+        _tree.check_same_structure(updates, params, "updates", "params")
 
-    def add(p, u):
+    def add(path, p, u):
         if u is None:
             return p
         p = jnp.asarray(p)
+        where = jax.tree_util.keystr(path) or "<root>"
         if not jnp.issubdtype(p.dtype, jnp.inexact):
             raise TypeError(
-                f"apply_updates: cannot update a parameter of dtype {p.dtype}; "
+                f"apply_updates: cannot update parameter {where} of dtype {p.dtype}; "
                 "optimizers need floating-point parameters (mask integer leaves out, or cast them)"
             )
+        if jnp.shape(u) != p.shape:
+            raise ValueError(f"apply_updates: the update of {where} has shape {jnp.shape(u)}, the parameter {p.shape}")
         return (p + u).astype(p.dtype)
 
-    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
+    return jax.tree_util.tree_map_with_path(add, params, updates, is_leaf=is_none)
 
 
 def incremental_update(new_tensors: Params, old_tensors: Params, step_size: float | jax.Array) -> Params:

@@ -8,6 +8,7 @@ not. Results keep the dtype of the first tree unless a dtype is given.
 from __future__ import annotations
 
 import builtins
+import functools
 from typing import Any
 
 import jax
@@ -32,6 +33,17 @@ def check_same_structure(a: Tree, b: Tree, name_a: str = "first tree", name_b: s
             f"{name_a} and {name_b} must have the same tree structure, but\n"
             f"  {name_a}: {_describe(a)}\n  {name_b}: {_describe(b)}"
         )
+
+
+def check_same_shapes(a: Tree, b: Tree, name_a: str = "first tree", name_b: str = "second tree") -> None:
+    """Like :func:`check_same_structure`, and the leaves must have the same shapes."""
+    check_same_structure(a, b, name_a, name_b)
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+        if jnp.shape(x) != jnp.shape(y):
+            raise ValueError(
+                f"{name_a} and {name_b} must have the same leaf shapes, but at {jax.tree_util.keystr(path)} "
+                f"{name_a} has shape {jnp.shape(x)} and {name_b} has shape {jnp.shape(y)}"
+            )
 
 
 def check_floating(params: Tree, owner: str) -> None:
@@ -101,17 +113,30 @@ def _accumulation_dtype(tree: Tree):
     return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
 
 
+def _max_abs(leaves: list, dtype: Any) -> jax.Array:
+    """``max |x|`` over all leaves (0 if all are empty); traceable (no Python comparison of arrays)."""
+    return functools.reduce(jnp.maximum, (jnp.max(jnp.abs(x)) for x in leaves if x.size), jnp.zeros([], dtype))
+
+
 def norm(tree: Tree, ord: int | str = 2, squared: bool = False) -> jax.Array:  # noqa: A002
     """The norm of all leaves taken as one vector (``ord`` in 1, 2, ``inf``)."""
     dtype = _accumulation_dtype(tree)
     leaves = [jnp.asarray(x, dtype) for x in jax.tree.leaves(tree)]
     if ord == 2:
         sq = builtins.sum((jnp.sum(jnp.square(x)) for x in leaves), jnp.zeros([], dtype))
-        return sq if squared else jnp.sqrt(sq)
+        if squared:
+            return sq
+
+        def rescaled():  # ||x|| = s * ||x / s|| with s = max |x|: the squares cannot overflow
+            s = _max_abs(leaves, dtype)
+            safe = jnp.where(s > 0, s, 1)
+            return safe * jnp.sqrt(builtins.sum((jnp.sum(jnp.square(x / safe)) for x in leaves), jnp.zeros([], dtype)))
+
+        return jax.lax.cond(jnp.isfinite(sq), lambda: jnp.sqrt(sq), rescaled)
     if ord == 1:
         return builtins.sum((jnp.sum(jnp.abs(x)) for x in leaves), jnp.zeros([], dtype))
     if ord in ("inf", np.inf, jnp.inf):
-        return builtins.max((jnp.max(jnp.abs(x)) for x in leaves if x.size), default=jnp.zeros([], dtype))
+        return _max_abs(leaves, dtype)
     raise ValueError(f"tree.norm: ord must be 1, 2 or 'inf', got {ord!r}")
 
 
@@ -120,17 +145,26 @@ def global_norm(tree: Tree) -> jax.Array:
     return norm(tree)
 
 
+def _sharded_like(x: Any, out: jax.Array) -> jax.Array:
+    """Under a trace, ties the sharding of ``out`` to that of ``x`` (eager ``*_like`` already does)."""
+    if isinstance(x, jax.core.Tracer):
+        from jax.experimental.shard_alike import shard_alike
+
+        _, out = shard_alike(x, out)
+    return out
+
+
 def zeros_like(tree: Tree, dtype: Any = None) -> Tree:
     """Zeros shaped (and sharded) like each leaf, in ``dtype`` or the leaf's dtype."""
-    return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=dtype), tree)
+    return jax.tree.map(lambda x: _sharded_like(x, jnp.zeros_like(x, dtype=dtype)), tree)
 
 
 def ones_like(tree: Tree, dtype: Any = None) -> Tree:
-    return jax.tree.map(lambda x: jnp.ones_like(x, dtype=dtype), tree)
+    return jax.tree.map(lambda x: _sharded_like(x, jnp.ones_like(x, dtype=dtype)), tree)
 
 
 def full_like(tree: Tree, fill_value: Any, dtype: Any = None) -> Tree:
-    return jax.tree.map(lambda x: jnp.full_like(x, fill_value, dtype=dtype), tree)
+    return jax.tree.map(lambda x: _sharded_like(x, jnp.full_like(x, fill_value, dtype=dtype)), tree)
 
 
 def cast(tree: Tree, dtype: Any) -> Tree:

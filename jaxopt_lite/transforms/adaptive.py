@@ -102,7 +102,7 @@ def _moments_init(owner: str, params: Any, mu_dtype: Any, nu_dtype: Any) -> tupl
 
 def _adam_moments(owner: str, updates: Any, state: Any, b1: Any, b2: Any) -> tuple[Any, Any, jax.Array]:
     """The raw moment updates shared by the Adam family."""
-    _tree.check_same_structure(updates, state.mu, "updates", f"{owner} state")
+    _tree.check_same_shapes(updates, state.mu, "updates", f"{owner} state")
     mu = _tree.update_moment(updates, state.mu, b1, 1)
     nu = _tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
     return mu, nu, _tree.safe_increment(state.count)
@@ -120,9 +120,12 @@ def _nesterov_first_moment(updates: Any, mu: Any, b1: Any, count: jax.Array) -> 
 
 def _ratio(numerators: Any, second: Any, eps: Any, eps_root: Any, like: Any) -> Any:
     """``n / (sqrt(v + eps_root) + eps)``, leaf by leaf, in the dtype of ``like``."""
-    return jax.tree.map(
-        lambda n, v, g: (n / (jnp.sqrt(v + eps_root) + eps)).astype(g.dtype), numerators, second, like
-    )
+    def leaf(n, v, g):
+        denom = jnp.sqrt(v + eps_root) + eps
+        # denom == 0 only when eps == eps_root == 0 and every past gradient was 0 (so n == 0): 0/0 := 0.
+        return jnp.where(denom > 0, n / jnp.where(denom > 0, denom, 1), 0).astype(g.dtype)
+
+    return jax.tree.map(leaf, numerators, second, like)
 
 
 def scale_by_adam(
@@ -210,7 +213,8 @@ def scale_by_nadam(
 
         def leaf(g, m, v):
             denom = jnp.sqrt(v + eps_root) + eps
-            return ((grad_coef * g + mom_coef * m) / denom).astype(g.dtype)
+            num = grad_coef * g + mom_coef * m
+            return jnp.where(denom > 0, num / jnp.where(denom > 0, denom, 1), 0).astype(g.dtype)
 
         out = jax.tree.map(leaf, updates, mu, nu_hat)
         return out, ScaleByNadamState(count=count, mu=mu, nu=nu, mu_product=mu_product.astype(state.mu_product.dtype))
@@ -290,7 +294,7 @@ def scale_by_adamax(
 
     def update(updates, state, params=None):
         del params
-        _tree.check_same_structure(updates, state.mu, "updates", "scale_by_adamax state")
+        _tree.check_same_shapes(updates, state.mu, "updates", "scale_by_adamax state")
         count = _tree.safe_increment(state.count)
         mu = _tree.update_moment(updates, state.mu, b1, 1)
         nu = _tree.update_infinity_moment(updates, state.nu, b2, eps)
@@ -304,7 +308,7 @@ def scale_by_adamax(
 def _rms_divide(g: jax.Array, second: jax.Array, eps: Any, eps_in_sqrt: bool) -> jax.Array:
     second = jnp.maximum(second, 0.0)  # a centered estimate can round below 0
     denom = jnp.sqrt(second + eps) if eps_in_sqrt else jnp.sqrt(second) + eps
-    return (g / denom).astype(g.dtype)
+    return jnp.where(denom > 0, g / jnp.where(denom > 0, denom, 1), 0).astype(g.dtype)  # 0/0 := 0 (eps == 0)
 
 
 def scale_by_rms(
@@ -331,7 +335,7 @@ def scale_by_rms(
 
     def update(updates, state, params=None):
         del params
-        _tree.check_same_structure(updates, state.nu, "updates", "scale_by_rms state")
+        _tree.check_same_shapes(updates, state.nu, "updates", "scale_by_rms state")
         nu = _tree.update_moment_per_elem_norm(updates, state.nu, decay, 2)
         if bias_correction:
             count = _tree.safe_increment(state.count)
@@ -369,7 +373,7 @@ def scale_by_stddev(
 
     def update(updates, state, params=None):
         del params
-        _tree.check_same_structure(updates, state.nu, "updates", "scale_by_stddev state")
+        _tree.check_same_shapes(updates, state.nu, "updates", "scale_by_stddev state")
         mu = _tree.update_moment(updates, state.mu, decay, 1)
         nu = _tree.update_moment_per_elem_norm(updates, state.nu, decay, 2)
         if bias_correction:
@@ -400,7 +404,7 @@ def scale_by_rss(
 
     def update(updates, state, params=None):
         del params
-        _tree.check_same_structure(updates, state.sum_of_squares, "updates", "scale_by_rss state")
+        _tree.check_same_shapes(updates, state.sum_of_squares, "updates", "scale_by_rss state")
         sos = jax.tree.map(lambda g, s: (s + jnp.square(g)).astype(s.dtype), updates, state.sum_of_squares)
 
         def leaf(g, s):
@@ -422,7 +426,7 @@ def scale_by_adadelta(rho: float | jax.Array = 0.9, eps: float | jax.Array = 1e-
     follows from a learning rate of 1 and the usual sign flip).
     """
     _checks.check_decay("scale_by_adadelta", "rho", rho)
-    _check_eps("scale_by_adadelta", eps=eps)
+    _checks.check_positive("scale_by_adadelta", "eps", eps)  # with eps == 0 the step sqrt(E[dx^2] + eps) stays 0
 
     def init(params):
         _tree.check_floating(params, "scale_by_adadelta")
@@ -430,7 +434,7 @@ def scale_by_adadelta(rho: float | jax.Array = 0.9, eps: float | jax.Array = 1e-
 
     def update(updates, state, params=None):
         del params
-        _tree.check_same_structure(updates, state.e_g, "updates", "scale_by_adadelta state")
+        _tree.check_same_shapes(updates, state.e_g, "updates", "scale_by_adadelta state")
         e_g = _tree.update_moment(updates, state.e_g, rho, 2)
         delta = jax.tree.map(
             lambda g, eg, ex: (jnp.sqrt(ex + eps) / jnp.sqrt(eg + eps) * g).astype(g.dtype), updates, e_g, state.e_x
@@ -461,6 +465,7 @@ def scale_by_radam(
     """
     _check_betas("scale_by_radam", b1=b1, b2=b2)
     _check_eps("scale_by_radam", eps=eps, eps_root=eps_root)
+    _checks.check_range("scale_by_radam", "threshold", threshold, low=4.0)  # sqrt((rho-4)(rho-2)...) is real
 
     def init(params):
         mu, nu = _moments_init("scale_by_radam", params, None, None)
@@ -506,7 +511,7 @@ def scale_by_lion(
 
     def update(updates, state, params=None):
         del params
-        _tree.check_same_structure(updates, state.mu, "updates", "scale_by_lion state")
+        _tree.check_same_shapes(updates, state.mu, "updates", "scale_by_lion state")
         out = jax.tree.map(lambda g, m: jnp.sign(b1 * m + (1.0 - b1) * g).astype(g.dtype), updates, state.mu)
         mu = _tree.update_moment(updates, state.mu, b2, 1)
         return out, ScaleByLionState(count=_tree.safe_increment(state.count), mu=mu)
@@ -539,7 +544,7 @@ def scale_by_belief(
 
     def update(updates, state, params=None):
         del params
-        _tree.check_same_structure(updates, state.mu, "updates", "scale_by_belief state")
+        _tree.check_same_shapes(updates, state.mu, "updates", "scale_by_belief state")
         count = _tree.safe_increment(state.count)
         mu = _tree.update_moment(updates, state.mu, b1, 1)
         surprise = jax.tree.map(lambda g, m: g - m, updates, mu)

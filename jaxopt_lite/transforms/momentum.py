@@ -49,7 +49,7 @@ def trace(
 
     def update(updates, state, params=None):
         del params
-        _tree.check_same_structure(updates, state.trace, "updates", "trace state")
+        _tree.check_same_shapes(updates, state.trace, "updates", "trace state")
         new_trace = jax.tree.map(
             lambda g, t: ((1.0 - dampening) * g + decay * t).astype(t.dtype), updates, state.trace
         )

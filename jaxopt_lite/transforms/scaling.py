@@ -57,9 +57,16 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool =
     """
     sign = -1.0 if flip_sign else 1.0
     if callable(learning_rate):
-        return scale_by_schedule(lambda count: sign * learning_rate(count))
-    _checks.check_learning_rate("scale_by_learning_rate", learning_rate)
-    return scale(sign * learning_rate)
+        tx = scale_by_schedule(lambda count: sign * learning_rate(count))
+    else:
+        _checks.check_learning_rate("scale_by_learning_rate", learning_rate)
+        tx = scale(sign * learning_rate)
+
+    def init(params):
+        _tree.check_floating(params, "scale_by_learning_rate")
+        return tx.init(params)
+
+    return GradientTransformation(init, tx.update)
 
 
 def scale_by_sign() -> GradientTransformation:
