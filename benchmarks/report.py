@@ -158,10 +158,13 @@ def _speed_table(section: str, sec: dict) -> Table:
     headers = ["optimizer", "params", "leaves", f"{subject} step", "% roofline", "triad GB/s", "compile",
                "XLA B/param (nominal)"]
     headers += [f"vs {p}" for p in peers]
-    fused = f"{subject}_fused"
+    fused, kernel = f"{subject}_fused", f"{subject}_kernel"
     has_fused = any(fused in r.get("impls", {}) for r in rows_in)
+    has_kernel = any(kernel in r.get("impls", {}) for r in rows_in)
     if has_fused:
         headers.append("fused compile")
+    if has_kernel:
+        headers.append("kernel % roofline")
     rows = []
     for r in rows_in:
         head = [r["optimizer"], fmt_n(r["n_params"]), fmt(r["n_leaves"])]
@@ -178,12 +181,15 @@ def _speed_table(section: str, sec: dict) -> Table:
         if has_fused:
             rec = r["impls"].get(fused)
             rows[-1].append(_compile_s(rec["compile"]) if rec and not _err(rec) else (_err(rec) if rec else ""))
+        if has_kernel:
+            rec = r["impls"].get(kernel)
+            rows[-1].append(fmt_pct(rec["fraction_of_roofline"]) if rec and not _err(rec) else (_err(rec) if rec else ""))
     title = {"update": "Update step, one leaf", "leaves": "Update step, many leaves"}[section]
     note = ("Step: jitted, params and state donated, median ± IQR/2. % roofline: the time the nominal bytes take at "
             "the bandwidth of a triad of the same size timed alongside, over the measured time. XLA B/param: XLA's "
             "cost model (bytes accessed / params) vs the nominal bytes of a fully fused update. 'vs X': X's median "
             "time / this library's (>1: this library is faster). Samples interleaved across implementations and the "
-            "triad. '_fused': the same optimizer with params, grads and state in the fused layout (jaxopt_lite.fuse).")
+            "triad. '_fused': the same optimizer with params, grads and state in the fused layout (jaxopt_lite.fuse); '_kernel': jaxopt_lite.kernels.adamw_step, the one-pass step that also applies the update.")
     return Table(section, title, headers, rows, note)
 
 

@@ -127,6 +127,23 @@ def fused_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compi
     return Runner(lambda carry: compiled.executable(*carry, flat_grads), (params, state)), compiled
 
 
+KERNEL_ARGS = {
+    "adam": {},
+    "adamw": {"weight_decay": WEIGHT_DECAY},
+    "clip_adamw_cosine": {"weight_decay": WEIGHT_DECAY, "max_grad_norm": 1.0},
+}
+
+
+def kernel_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compiled]:
+    """The library's one-pass AdamW step (``kernels.adamw_step``), which also applies the update."""
+    lr = lib.warmup_cosine_decay_schedule(**SCHEDULE) if name == "clip_adamw_cosine" else LR
+    opt = lib.kernels.adamw_step(lr, **KERNEL_ARGS[name])
+    params = make_tree(sizes, 0.01)
+    state = opt.init(params)
+    compiled = compile_timed(jax.jit(lambda p, s, g: opt.step(p, g, s), donate_argnums=(0, 1)), params, state, grads)
+    return Runner(lambda carry: compiled.executable(*carry, grads), (params, state)), compiled
+
+
 def _torch_lr_lambda(step: int) -> float:
     """The same warmup-cosine schedule as :data:`SCHEDULE`, as a multiplier of the peak rate."""
     s = SCHEDULE
@@ -193,6 +210,8 @@ def measure_step(ctx: Context, name: str, sizes: list[int]) -> dict:
     builders: dict[str, Callable[[], tuple[Runner, Compiled | None]]] = {
         ctx.lib.__name__: lambda: jax_runner(ctx.lib, name, sizes, grads)
     }
+    if len(sizes) == 1 and name in KERNEL_ARGS and hasattr(ctx.lib, "kernels"):
+        builders[f"{ctx.lib.__name__}_kernel"] = lambda: kernel_runner(ctx.lib, name, sizes, grads)
     if len(sizes) > 1 and hasattr(ctx.lib, "fuse"):
         builders[f"{ctx.lib.__name__}_fused"] = lambda: fused_runner(ctx.lib, name, sizes, grads)
     for peer, lib in _peer_libraries(ctx).items():

@@ -106,15 +106,15 @@ def _fusion_count(opt, params):
 
 
 def test_compiled_step_does_not_grow_with_leaf_count():
-    # The same 4000 parameters as 1 leaf, as 400 leaves fused, and as 400 separate leaves.
-    one = {"p": jnp.ones(4000)}
-    many = {f"p{i:03d}": jnp.ones(10) for i in range(400)}
+    # The same 2000 parameters as 1 leaf, as 200 leaves fused, and as 200 separate leaves.
+    one = {"p": jnp.ones(2000)}
+    many = {f"p{i:03d}": jnp.ones(10) for i in range(200)}
     opt = jol.chain(jol.clip_by_global_norm(1.0), jol.adamw(jol.cosine_decay_schedule(1e-3, 100)))
     n_one = _fusion_count(opt, jol.fuse(one))
     n_fused = _fusion_count(opt, jol.fuse(many))
     n_tree = _fusion_count(opt, many)
     assert n_fused == n_one
-    assert n_tree > 100 * n_one  # what the fused layout saves
+    assert n_tree > 50 * n_one  # what the fused layout saves
 
 
 def test_donated_fused_step_runs_in_place():

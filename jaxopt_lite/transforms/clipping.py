@@ -17,7 +17,7 @@ ClipByGlobalNormState = EmptyState
 AdaptiveGradClipState = EmptyState
 
 
-def _shrink_factor(norm: jax.Array, max_norm: Any) -> jax.Array:
+def clip_factor(norm: jax.Array, max_norm: Any) -> jax.Array:
     """``min(1, max_norm / norm)``, equal to 1 when ``norm`` is 0 (no division by zero)."""
     too_big = norm > max_norm
     safe_norm = jnp.where(too_big, norm, 1.0)
@@ -43,7 +43,7 @@ def clip_by_norm(max_norm: float | jax.Array) -> GradientTransformation:
 
     def leaf(u):
         norm = _tree.global_norm(u)
-        return (u * _shrink_factor(norm, max_norm)).astype(u.dtype)
+        return (u * clip_factor(norm, max_norm)).astype(u.dtype)
 
     def apply(updates, params):
         del params
@@ -63,7 +63,7 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
 
     def apply(updates, params):
         del params
-        factor = _shrink_factor(_tree.global_norm(updates), max_norm)
+        factor = clip_factor(_tree.global_norm(updates), max_norm)
         return _tree.scale(factor, updates)
 
     return stateless(apply)
@@ -103,7 +103,7 @@ def adaptive_grad_clip(
 
     def leaf(g, p):
         max_norm = clipping * jnp.maximum(norm_of(p), eps)
-        return (g * _shrink_factor(norm_of(g), max_norm)).astype(g.dtype)
+        return (g * clip_factor(norm_of(g), max_norm)).astype(g.dtype)
 
     def apply(updates, params):
         if params is None:

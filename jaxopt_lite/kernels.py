@@ -1,0 +1,157 @@
+"""A hand-fused AdamW step for CPU, behind ``jax.ffi``, with a pure-JAX fallback.
+
+XLA:CPU compiles Adam's update into three loops (the two moments, then the
+parameters), which move 40 bytes per float32 parameter; the minimum is 28
+(read p, g, m, v; write p, m, v). :func:`adamw_step` does the whole step —
+global-norm clipping factor, moments, bias correction, decoupled weight decay,
+learning rate and the parameter update — in one pass, in place.
+
+Because it writes the parameters itself, it is a *step*, not a gradient
+transformation::
+
+    opt = jol.kernels.adamw_step(1e-3, weight_decay=1e-4, max_grad_norm=1.0)
+    state = opt.init(params)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 2))
+    def train_step(params, batch, state):
+        grads = jax.grad(loss)(params, batch)
+        return opt.step(params, grads, state)      # -> (params, state)
+
+It computes what ``chain(clip_by_global_norm(max_grad_norm), adamw(...))``
+followed by ``apply_updates`` computes, to float rounding (tested), with the
+same state (``ScaleByAdamState``). Use it with the fused layout
+(:func:`jaxopt_lite.fuse`) so that the whole model is one kernel call.
+
+The kernel runs on CPU for float32 leaves; it is compiled on first use with
+the system C++ compiler (``$CXX`` or ``c++``) into ``~/.cache/jaxopt_lite``
+(``$JAXOPT_LITE_CACHE``). Everywhere else — other platforms, other dtypes, no
+compiler, ``use_kernel=False``, or ``JAXOPT_LITE_NO_KERNELS=1`` — the same step
+runs through the library's own transforms. The kernel is not differentiable
+(use ``use_kernel=False`` to differentiate through a step) and runs a ``vmap``
+sequentially.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+from jaxopt_lite import _checks
+from jaxopt_lite import tree as _tree
+from jaxopt_lite.base import ScalarOrSchedule, apply_updates
+from jaxopt_lite.transforms.adaptive import ScaleByAdamState, scale_by_adam
+from jaxopt_lite.transforms.clipping import clip_factor
+
+_SOURCE = Path(__file__).parent / "_csrc" / "adam_step.cc"
+_TARGET = "jaxopt_lite_adamw_step"
+
+
+@functools.cache
+def kernel_available() -> bool:
+    """Builds (once, cached on disk) and registers the CPU kernel; False if that is not possible."""
+    if os.environ.get("JAXOPT_LITE_NO_KERNELS"):
+        return False
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if compiler is None or not _SOURCE.exists():
+        return False
+    source = _SOURCE.read_bytes()
+    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}"]
+    key = hashlib.sha256(source + jaxlib.__version__.encode() + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("JAXOPT_LITE_CACHE", Path.home() / ".cache" / "jaxopt_lite"))
+    library = cache / f"adam_step-{key}.so"
+    try:
+        if not library.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                built = Path(tmp) / library.name
+                subprocess.run([compiler, *flags, str(_SOURCE), "-o", str(built), "-lpthread"],
+                               check=True, capture_output=True, timeout=300)
+                os.replace(built, library)  # atomic: concurrent builders never see a partial file
+        handle = ctypes.cdll.LoadLibrary(str(library))
+        jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handle.JaxoptLiteAdamwStep), platform="cpu")
+    except (OSError, subprocess.SubprocessError, AttributeError):
+        return False
+    return True
+
+
+class FusedStep(NamedTuple):
+    """``init(params) -> state`` and ``step(params, grads, state) -> (params, state)``."""
+
+    init: Callable[[Any], Any]
+    step: Callable[[Any, Any, Any], tuple[Any, Any]]
+
+
+def adamw_step(
+    learning_rate: ScalarOrSchedule,
+    b1: float | jax.Array = 0.9,
+    b2: float | jax.Array = 0.999,
+    eps: float | jax.Array = 1e-8,
+    eps_root: float | jax.Array = 0.0,
+    weight_decay: float | jax.Array = 0.0,
+    max_grad_norm: float | jax.Array | None = None,
+    *,
+    use_kernel: bool = True,
+) -> FusedStep:
+    """One AdamW step with optional global-norm clipping, applied to the params in one pass.
+
+    Equals ``chain(clip_by_global_norm(max_grad_norm), adamw(learning_rate, b1, b2,
+    eps, eps_root, weight_decay=weight_decay))`` followed by ``apply_updates``:
+    ``g' = g * min(1, max_grad_norm / ||g||)``, Adam's moments of ``g'``, and
+    ``p <- p - lr * (m_hat / (sqrt(v_hat + eps_root) + eps) + weight_decay * p)``.
+    ``learning_rate`` may be a schedule of the step count. The state is
+    :class:`~jaxopt_lite.ScaleByAdamState`.
+    """
+    _checks.check_nonnegative("adamw_step", "weight_decay", weight_decay)
+    if max_grad_norm is not None:
+        _checks.check_nonnegative("adamw_step", "max_grad_norm", max_grad_norm)
+    if not callable(learning_rate):
+        _checks.check_learning_rate("adamw_step", learning_rate)
+    adam = scale_by_adam(b1, b2, eps, eps_root)
+
+    def step(params, grads, state):
+        _tree.check_same_shapes(grads, params, "grads", "params")
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        gscale = 1.0 if max_grad_norm is None else clip_factor(_tree.global_norm(grads), max_grad_norm)
+
+        def composed():  # the library's transforms: the reference semantics, and the fallback
+            updates, new_state = adam.update(_tree.scale(gscale, grads), state)
+            updates = _tree.add_scale(updates, weight_decay, params)
+            return apply_updates(params, _tree.scale(-lr, updates)), new_state
+
+        leaves = jax.tree.leaves(params)
+        if not (use_kernel and leaves and all(x.dtype == jnp.float32 for x in leaves) and kernel_available()):
+            return composed()
+
+        def kernel():
+            count = _tree.safe_increment(state.count)
+            t = count.astype(jnp.float32)
+            hyper = jnp.stack([jnp.asarray(x, jnp.float32) for x in (
+                lr, b1, b2, eps, eps_root, weight_decay, 1.0 / (1.0 - b1**t), 1.0 / (1.0 - b2**t), gscale)])
+
+            def leaf(p, g, m, v):
+                flat = jax.ShapeDtypeStruct((p.size,), jnp.float32)
+                call = jax.ffi.ffi_call(
+                    _TARGET, (flat, flat, flat), input_output_aliases={0: 0, 2: 1, 3: 2}, vmap_method="sequential"
+                )
+                return call(p.ravel(), g.ravel(), m.ravel(), v.ravel(), hyper)
+
+            out = [leaf(*xs) for xs in zip(leaves, *(jax.tree.leaves(t) for t in (grads, state.mu, state.nu)))]
+            treedef = jax.tree.structure(params)
+            unflatten = lambda i: jax.tree.unflatten(treedef, [o[i].reshape(x.shape) for o, x in zip(out, leaves)])  # noqa: E731
+            return unflatten(0), ScaleByAdamState(count=count, mu=unflatten(1), nu=unflatten(2))
+
+        return jax.lax.platform_dependent(cpu=kernel, default=composed)
+
+    return FusedStep(adam.init, step)
