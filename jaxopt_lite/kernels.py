@@ -23,7 +23,7 @@ same state (``ScaleByAdamState``). Use it with the fused layout
 (:func:`jaxopt_lite.fuse`) so that the whole model is one kernel call.
 
 The kernel runs on CPU for float32 leaves; it is compiled on first use with
-the system C++ compiler (``$CXX`` or ``c++``) into ``~/.cache/jaxopt_lite``
+the system C++ compiler (``$CXX`` or ``c++``, ``-O3 -march=native``) into ``~/.cache/jaxopt_lite``
 (``$JAXOPT_LITE_CACHE``). Everywhere else — other platforms, other dtypes, no
 compiler, ``use_kernel=False``, or ``JAXOPT_LITE_NO_KERNELS=1`` — the same step
 runs through the library's own transforms. The kernel is not differentiable
@@ -37,6 +37,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -58,6 +59,14 @@ _SOURCE = Path(__file__).parent / "_csrc" / "adam_step.cc"
 _TARGET = "jaxopt_lite_adamw_step"
 
 
+def _cpu_id() -> bytes:
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return b"".join(line for line in f if line.startswith((b"model name", b"flags")))[:4096]
+    except OSError:
+        return (platform.machine() + platform.processor()).encode()
+
+
 @functools.cache
 def kernel_available() -> bool:
     """Builds (once, cached on disk) and registers the CPU kernel; False if that is not possible."""
@@ -67,8 +76,10 @@ def kernel_available() -> bool:
     if compiler is None or not _SOURCE.exists():
         return False
     source = _SOURCE.read_bytes()
-    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}"]
-    key = hashlib.sha256(source + jaxlib.__version__.encode() + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+    flags = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}"]
+    # -march=native: the library is built for this CPU, so the CPU is part of the cache key.
+    key = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), " ".join([compiler, *flags]).encode(),
+                                      _cpu_id()])).hexdigest()[:16]
     cache = Path(os.environ.get("JAXOPT_LITE_CACHE", Path.home() / ".cache" / "jaxopt_lite"))
     library = cache / f"adam_step-{key}.so"
     try:
