@@ -97,18 +97,25 @@ def build(lib, name: str):
     raise ValueError(name)
 
 
-def jax_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compiled]:
-    """A donated, AOT-compiled ``(params, state) <- step(params, state, grads)`` and its compile record."""
-    tx = build(lib, name)
-    params = make_tree(sizes, 0.01)
-    state = tx.init(params)
+def _donated_runner(step, params, state, grads) -> tuple[Runner, Compiled]:
+    """``(params, state) <- step(params, state, grads)``, AOT-compiled with params and state donated."""
+    compiled = compile_timed(jax.jit(step, donate_argnums=(0, 1)), params, state, grads)
+    return Runner(lambda carry: compiled.executable(*carry, grads), (params, state)), compiled
 
+
+def _update_and_apply(lib, tx):
     def step(params, state, grads):
         updates, state = tx.update(grads, state, params)
         return lib.apply_updates(params, updates), state
 
-    compiled = compile_timed(jax.jit(step, donate_argnums=(0, 1)), params, state, grads)
-    return Runner(lambda carry: compiled.executable(*carry, grads), (params, state)), compiled
+    return step
+
+
+def jax_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compiled]:
+    """The optimizer's update plus ``apply_updates``, donated and AOT-compiled, and its compile record."""
+    tx = build(lib, name)
+    params = make_tree(sizes, 0.01)
+    return _donated_runner(_update_and_apply(lib, tx), params, tx.init(params), grads)
 
 
 def fused_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compiled]:
@@ -117,14 +124,7 @@ def fused_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compi
     layout = lib.Layout.of(grads)
     params = lib.Fused((jnp.full((sum(sizes),), 0.01, jnp.float32),), layout)
     flat_grads = lib.Fused((jax.device_put(np.concatenate([np.asarray(g) for g in jax.tree.leaves(grads)])),), layout)
-    state = tx.init(params)
-
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return lib.apply_updates(params, updates), state
-
-    compiled = compile_timed(jax.jit(step, donate_argnums=(0, 1)), params, state, flat_grads)
-    return Runner(lambda carry: compiled.executable(*carry, flat_grads), (params, state)), compiled
+    return _donated_runner(_update_and_apply(lib, tx), params, tx.init(params), flat_grads)
 
 
 KERNEL_ARGS = {
@@ -139,9 +139,7 @@ def kernel_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Comp
     lr = lib.warmup_cosine_decay_schedule(**SCHEDULE) if name == "clip_adamw_cosine" else LR
     opt = lib.kernels.adamw_step(lr, **KERNEL_ARGS[name])
     params = make_tree(sizes, 0.01)
-    state = opt.init(params)
-    compiled = compile_timed(jax.jit(lambda p, s, g: opt.step(p, g, s), donate_argnums=(0, 1)), params, state, grads)
-    return Runner(lambda carry: compiled.executable(*carry, grads), (params, state)), compiled
+    return _donated_runner(lambda p, s, g: opt.step(p, g, s), params, opt.init(params), grads)
 
 
 def _torch_lr_lambda(step: int) -> float:
