@@ -81,6 +81,11 @@ def with_extra_args_support(tx: GradientTransformation) -> GradientTransformatio
     return GradientTransformationExtraArgs(tx.init, update)
 
 
+def _check_transformation(owner: str, which: str, t: Any) -> None:
+    if not (callable(getattr(t, "init", None)) and callable(getattr(t, "update", None))):
+        raise TypeError(f"{owner}: {which} is not a GradientTransformation: {t!r}")
+
+
 def identity() -> GradientTransformation:
     """Returns the updates unchanged: ``u -> u``."""
 
@@ -140,8 +145,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
     Example: ``chain(clip_by_global_norm(1.0), scale_by_adam(), scale(-1e-3))``.
     """
     for i, t in enumerate(transforms):
-        if not (callable(getattr(t, "init", None)) and callable(getattr(t, "update", None))):
-            raise TypeError(f"chain: argument {i} is not a GradientTransformation: {t!r}")
+        _check_transformation("chain", f"argument {i}", t)
     transforms = tuple(with_extra_args_support(t) for t in transforms)
 
     def init(params):
@@ -168,8 +172,7 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
     """Like :func:`chain`, but the state is a dict keyed by the given names."""
     names = [name for name, _ in transforms]
     for name, t in transforms:
-        if not (callable(getattr(t, "init", None)) and callable(getattr(t, "update", None))):
-            raise TypeError(f"named_chain: transform {name!r} is not a GradientTransformation: {t!r}")
+        _check_transformation("named_chain", f"transform {name!r}", t)
     if len(set(names)) != len(names):
         raise ValueError(f"named_chain: names must be unique, got {names}")
     inner = {name: with_extra_args_support(t) for name, t in transforms}

@@ -118,14 +118,17 @@ def _nesterov_first_moment(updates: Any, mu: Any, b1: Any, count: jax.Array) -> 
     return jax.tree.map(lambda m, g: (b1 * m + (1.0 - b1) * g).astype(m.dtype), ahead, now)
 
 
+def _safe_div(n: jax.Array, denom: jax.Array) -> jax.Array:
+    """``n / denom``, with 0 where ``denom == 0`` (only when ``eps == 0`` and every past gradient was 0, so n == 0)."""
+    positive = denom > 0
+    return jnp.where(positive, n / jnp.where(positive, denom, 1), 0)
+
+
 def _ratio(numerators: Any, second: Any, eps: Any, eps_root: Any, like: Any) -> Any:
     """``n / (sqrt(v + eps_root) + eps)``, leaf by leaf, in the dtype of ``like``."""
-    def leaf(n, v, g):
-        denom = jnp.sqrt(v + eps_root) + eps
-        # denom == 0 only when eps == eps_root == 0 and every past gradient was 0 (so n == 0): 0/0 := 0.
-        return jnp.where(denom > 0, n / jnp.where(denom > 0, denom, 1), 0).astype(g.dtype)
-
-    return jax.tree.map(leaf, numerators, second, like)
+    return jax.tree.map(
+        lambda n, v, g: _safe_div(n, jnp.sqrt(v + eps_root) + eps).astype(g.dtype), numerators, second, like
+    )
 
 
 def scale_by_adam(
@@ -212,9 +215,7 @@ def scale_by_nadam(
         nu_hat = _tree.bias_correction(nu, b2, count)
 
         def leaf(g, m, v):
-            denom = jnp.sqrt(v + eps_root) + eps
-            num = grad_coef * g + mom_coef * m
-            return jnp.where(denom > 0, num / jnp.where(denom > 0, denom, 1), 0).astype(g.dtype)
+            return _safe_div(grad_coef * g + mom_coef * m, jnp.sqrt(v + eps_root) + eps).astype(g.dtype)
 
         out = jax.tree.map(leaf, updates, mu, nu_hat)
         return out, ScaleByNadamState(count=count, mu=mu, nu=nu, mu_product=mu_product.astype(state.mu_product.dtype))
@@ -308,7 +309,7 @@ def scale_by_adamax(
 def _rms_divide(g: jax.Array, second: jax.Array, eps: Any, eps_in_sqrt: bool) -> jax.Array:
     second = jnp.maximum(second, 0.0)  # a centered estimate can round below 0
     denom = jnp.sqrt(second + eps) if eps_in_sqrt else jnp.sqrt(second) + eps
-    return jnp.where(denom > 0, g / jnp.where(denom > 0, denom, 1), 0).astype(g.dtype)  # 0/0 := 0 (eps == 0)
+    return _safe_div(g, denom).astype(g.dtype)
 
 
 def scale_by_rms(
