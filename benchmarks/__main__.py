@@ -1,27 +1,42 @@
-"""``python -m benchmarks``: run the suites, print tables, write results.json, report.md and PNGs.
+"""python -m benchmarks: run the suites, print tables, write results.json, report.md and PNGs.
+
+Three sizes: the default run takes under 10 minutes on 2 CPU cores and covers every section at
+moderate sizes; --quick is a smoke test (a few minutes); --full takes the hour-long sizes (64M-parameter
+updates, the 5000-leaf tree path, which XLA takes minutes to compile). Results are written after each
+section, so an interrupted run (Ctrl-C, kill) keeps the sections done so far.
+
+Sections (--only takes sections or the groups convergence, speed, sweep):
+{sections}
 
 Examples::
 
-    python -m benchmarks                      # everything, full sizes (about an hour on 2 CPU cores, mostly
-                                              # compiling 1000- and 5000-leaf updates)
-    python -m benchmarks --quick              # tiny sizes, a few minutes; what CI runs
+    python -m benchmarks                      # every section, moderate sizes
+    python -m benchmarks --quick              # tiny sizes; what CI runs
+    python -m benchmarks --full               # the sizes quoted in README (about an hour on 2 CPU cores)
     python -m benchmarks --only speed --max-params 16M --repeats 20
+    python -m benchmarks --only leaves --full --max-leaves 1000
     python -m benchmarks --only toy,mlp --optimizers sgd,adam,lion
-    python -m benchmarks --library optax      # the convergence suites with Optax's optimizers, for reference
+    python -m benchmarks --library optax      # the same suites with Optax's optimizers, for reference
+
+More: benchmarks/README.md (what each figure means, how it is timed).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.context import GROUPS, SECTIONS, Config, resolve_sections
+from benchmarks.context import GROUPS, SECTION_HELP, SECTIONS, Config, resolve_sections
 
 _SUFFIXES = {"k": 2**10, "m": 2**20, "g": 2**30}
+DEFAULT_MAX_PARAMS = {"quick": 2**20, "default": 2**24, "full": 2**26}
+DEFAULT_REPEATS = {"quick": 5, "default": 10, "full": 10}
+INTERRUPTED = 130  # the shell's exit status for a run stopped by SIGINT
 
 
 def parse_count(text: str) -> int:
@@ -35,38 +50,62 @@ def parse_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 4194304, 4M, 512k)") from None
 
 
+def _positive(text: str) -> int:
+    n = parse_count(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return n
+
+
+def _description() -> str:
+    sections = "\n".join(f"  {name:9s} {what}" for name, what in SECTION_HELP.items())
+    return __doc__.format(sections=sections)
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=_description(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny sizes, few repeats: the whole run in a few minutes")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny sizes, few repeats: a smoke test of every section")
+    size.add_argument("--full", action="store_true",
+                      help="the large sizes (64M params, 10M params in up to 5000 leaves on the tree path, 40-epoch "
+                           "MLP): about an hour on 2 CPU cores")
     p.add_argument("--only", action="append", metavar="SECTION",
                    help="run only these (repeatable or comma list): groups "
                         + ", ".join(f"{g} ({'+'.join(s)})" for g, s in GROUPS.items())
                         + f"; or sections {', '.join(SECTIONS)}")
-    p.add_argument("--out", type=Path, default=Path("bench_out"), help="output directory (default: bench_out/)")
+    p.add_argument("--out", type=Path, default=Path("bench_out"),
+                   help="output directory for results.json, report.md and PNGs (default: bench_out/)")
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto",
                    help="where JAX runs: cpu, gpu, or auto (an accelerator when JAX finds one)")
-    p.add_argument("--max-params", type=parse_count, default=None,
-                   help="cap on parameters per speed benchmark (default 64M, 1M with --quick); e.g. 16M")
-    p.add_argument("--repeats", type=int, default=None, help="timed samples per figure (default 10, 5 with --quick)")
+    p.add_argument("--max-params", type=_positive, default=None,
+                   help="cap on parameters per speed benchmark (default 16M; 1M with --quick, 64M with --full); "
+                        "e.g. 4M")
+    p.add_argument("--max-leaves", type=_positive, default=None,
+                   help="most leaves at which the tree path (this library's and Optax's) is compiled; larger leaf "
+                        "counts run in the fused layout only (default 300; 32 with --quick, 5000 with --full)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed samples per figure (default 10, 5 with --quick)")
     p.add_argument("--optimizers", default=None,
                    help="comma list of optimizer names for the convergence suites (default: all the library has)")
     p.add_argument("--library", default="jaxopt_lite",
                    help="the library under test (default jaxopt_lite; 'optax' gives a reference run)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, initial parameters and batch orders")
     a = p.parse_args(argv)
     if a.repeats is not None and a.repeats < 1:
         p.error("--repeats must be >= 1")
+    mode = "quick" if a.quick else "full" if a.full else "default"
     return Config(
-        quick=a.quick,
+        mode=mode,
         out=a.out,
         device=a.device,
-        max_params=a.max_params or (2**20 if a.quick else 64 * 2**20),
-        repeats=a.repeats or (5 if a.quick else 10),
+        max_params=a.max_params or DEFAULT_MAX_PARAMS[mode],
+        repeats=a.repeats or DEFAULT_REPEATS[mode],
         library=a.library,
         optimizers=[s.strip() for s in a.optimizers.split(",") if s.strip()] if a.optimizers else None,
         sections=resolve_sections(a.only),
         seed=a.seed,
+        max_leaves=a.max_leaves,
     )
 
 
@@ -80,56 +119,134 @@ def select_platform(device: str) -> None:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave room for the peers
 
 
+def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+class Run:
+    """The sections, run one after the other; after each, results.json, report.md and its PNGs are rewritten."""
+
+    def __init__(self, config: Config, ctx, meta: dict, suites: dict):
+        from benchmarks import report
+
+        self.config, self.ctx, self.meta, self.suites = config, ctx, meta, suites
+        self.report = report
+        self.t0 = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.done: list[str] = []
+        self.cut: list[str] = []
+        self.plots: dict[str, list[Path]] = {}
+        self.plot_errors: dict[str, str] = {}
+        self.current: str | None = None  # the section running now
+
+    def write(self, status: str) -> None:
+        from benchmarks import machine
+
+        m = self.meta
+        m["status"] = status
+        m["sections_done"] = list(self.done)
+        m["sections_cut"] = list(self.cut)
+        m["sections_not_run"] = [s for s in self.config.sections if s not in self.done and s not in self.cut]
+        m["seconds_per_section"] = dict(self.seconds)
+        m["duration_s"] = time.perf_counter() - self.t0
+        m["load_average_at_end"] = machine.load_average()
+        if self.plot_errors:
+            self.ctx.results["plots"] = {name: {"error": msg} for name, msg in self.plot_errors.items()}
+        made = [p for s in self.config.sections for p in self.plots.get(s, [])]
+        out = self.config.out
+        self.report.write_json(self.ctx, m, out / "results.json")
+        self.report.write_markdown(self.ctx, m, self.report.tables(self.ctx.results), made, out / "report.md")
+
+    def finish_section(self, section: str) -> None:
+        from benchmarks import plots
+
+        t = time.perf_counter()
+        made, failed = plots.make_all(self.ctx, self.config.out, sections=[section])
+        self.seconds["plots"] = self.seconds.get("plots", 0.0) + time.perf_counter() - t
+        self.plots[section] = made
+        self.plot_errors.update(failed)
+        self.done.append(section)
+        for table in self.report.tables({section: self.ctx.results.get(section, {})}):
+            print("\n" + self.report.render_text(table), file=sys.stdout, flush=True)
+        self.write("running" if len(self.done) < len(self.config.sections) else "complete")
+
+    def go(self) -> None:
+        from tqdm import tqdm
+
+        plan = [(s, self.suites[s].tasks(self.ctx, s)) for s in self.config.sections]
+        total = sum(t.cost for _, tasks in plan for t in tasks)
+        fmt = "{desc} {percentage:3.0f}%|{bar}| {elapsed} elapsed, ~{remaining} left {postfix}"
+        # The bar counts expected seconds, not tasks: a 5000-leaf compile weighs what it costs.
+        with tqdm(total=total, bar_format=fmt, dynamic_ncols=True, file=sys.stderr, mininterval=1.0) as bar:
+            for i, (section, tasks) in enumerate(plan):
+                self.seconds[section] = 0.0
+                self.current = section
+                for j, task in enumerate(tasks):
+                    bar.set_description_str(f"[{i + 1}/{len(plan)} {section} {j + 1}/{len(tasks)}]")
+                    bar.set_postfix_str(task.label[:70])
+                    t = time.perf_counter()
+                    task.run(self.ctx)
+                    self.seconds[section] += time.perf_counter() - t
+                    bar.update(task.cost)
+                self.finish_section(section)
+                self.current = None
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     select_platform(config.device)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a kill leaves what a Ctrl-C leaves
+    try:
+        return _main(config)
+    except KeyboardInterrupt:  # before the first section started: nothing to keep
+        print(f"\nInterrupted before any section ran; nothing written to {config.out}/.", file=sys.stderr)
+        return INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
-    from tqdm import tqdm
 
-    from benchmarks import convergence, machine, optimizers, plots, report, roofline, speed, sweep
+def _main(config: Config) -> int:
+    from benchmarks import convergence, machine, optimizers, report, roofline, speed, sweep
     from benchmarks.context import Context
 
     suites = {"toy": convergence, "logistic": convergence, "mlp": convergence,
               "roofline": roofline, "update": speed, "leaves": speed, "sweep": sweep}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    t0 = time.perf_counter()
     try:
         meta = {"machine": machine.describe(), "config": config.to_json(), "started": started}
-    except RuntimeError as exc:  # e.g. --device gpu on a machine without one
-        raise SystemExit(f"--device {config.device}: JAX could not start: {exc}") from None
+    except RuntimeError:  # e.g. --device gpu on a machine without one
+        raise SystemExit(f"--device {config.device}: JAX finds no such device on this machine "
+                         "(for NVIDIA GPUs: pip install 'jax[cuda12]'); use --device cpu") from None
     ctx = Context(config, optimizers.load_library(config.library))
     config.out.mkdir(parents=True, exist_ok=True)
     print(f"{meta['machine']['command']}\n{meta['machine']['cpu_model']}, {meta['machine']['cpu_cores']} cores; "
-          f"JAX on {meta['machine']['platform']} ({meta['machine']['device_kind']}); sections: "
-          f"{', '.join(config.sections)}", flush=True)
+          f"JAX on {meta['machine']['platform']} ({meta['machine']['device_kind']}); {config.mode} sizes; sections: "
+          f"{', '.join(config.sections)}; writing {config.out}/ after each section", flush=True)
+    note = speed.slow_compile_note(ctx)
+    if note:
+        print(note, flush=True)
 
-    tasks = [t for section in config.sections for t in suites[section].tasks(ctx, section)]
-    seconds = dict.fromkeys(config.sections, 0.0)
-    with tqdm(tasks, desc="benchmarks", unit="task", dynamic_ncols=True, file=sys.stderr) as bar:
-        for task in bar:
-            bar.set_postfix_str(task.label[:60])
-            t = time.perf_counter()
-            task.run(ctx)
-            seconds[task.section] += time.perf_counter() - t
-    meta["seconds_per_section"] = seconds
+    run = Run(config, ctx, meta, suites)
+    try:
+        run.go()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the partial results be written whole
+        section = run.current if run.current not in run.done else None
+        if section:
+            run.cut.append(section)
+        run.write("interrupted")
+        kept = ", ".join(run.done) or "no complete section"
+        cut = f"; {section} cut short" if section else ""
+        print(f"\nInterrupted: {config.out / 'results.json'} and report.md hold {kept}{cut}.", file=sys.stderr,
+              flush=True)
+        return INTERRUPTED
 
-    all_tables = report.tables(ctx.results)
-    for t in all_tables:
-        print("\n" + report.render_text(t), flush=True)
-    t = time.perf_counter()
-    made, plot_errors = plots.make_all(ctx, config.out)
-    seconds["plots"] = time.perf_counter() - t
-    if plot_errors:
-        ctx.results["plots"] = {name: {"error": msg} for name, msg in plot_errors.items()}
-    meta["duration_s"] = time.perf_counter() - t0
-    meta["load_average_at_end"] = machine.load_average()
-    report.write_json(ctx, meta, config.out / "results.json")
-    report.write_markdown(ctx, meta, all_tables, made, config.out / "report.md")
     warning = report.busy_machine_warning(meta)
     if warning:
         print(f"\nWarning: {warning}")
     errors = report.find_errors(ctx.results)
-    print(f"\nWrote {config.out / 'results.json'}, {config.out / 'report.md'} and {len(made)} PNGs "
+    n_plots = sum(len(v) for v in run.plots.values())
+    print(f"\nWrote {config.out / 'results.json'}, {config.out / 'report.md'} and {n_plots} PNGs "
           f"in {meta['duration_s']:.0f} s" + (f"; {len(errors)} measurements failed (see report.md)" if errors else ""))
     return 0
 

@@ -36,9 +36,25 @@ def resolve_sections(only: list[str] | None) -> list[str]:
     return [s for s in SECTIONS if s in wanted]
 
 
+MODES = ("quick", "default", "full")
+
+# What each section measures, for ``--help`` and the report.
+SECTION_HELP: dict[str, str] = {
+    "toy": "every optimizer on the seed problems (x^2, x1^2+2x2^2, saddle, x^3), Rosenbrock, Beale and an "
+           "ill-conditioned quadratic: steps to target, final loss, trajectories over contour plots",
+    "logistic": "full-batch GD vs mini-batch vs stochastic SGD on synthetic logistic regression",
+    "mlp": "a digits MLP trained by every optimizer at its best rate from a jit(vmap) learning-rate sweep",
+    "roofline": "the memory bandwidth reference: best of in-place STREAM kernels (scale, add, triad) at each size",
+    "update": "one update step (sgd, momentum, adam, adamw, clip+adamw+cosine) on one leaf, vs Optax, torch.optim "
+              "and the bandwidth roofline",
+    "leaves": "the same step with the parameters split into many leaves: the tree path, and the fused layout",
+    "sweep": "a jit(vmap) sweep over K learning rates vs a Python loop of K jitted runs",
+}
+
+
 @dataclass
 class Config:
-    quick: bool = False
+    mode: str = "default"
     out: Path = Path("bench_out")
     device: str = "auto"
     max_params: int = 64 * 2**20
@@ -47,13 +63,19 @@ class Config:
     optimizers: list[str] | None = None
     sections: list[str] = field(default_factory=lambda: list(SECTIONS))
     seed: int = 0
+    max_leaves: int | None = None  # leaf counts above it run in the fused layout only
 
-    def pick(self, quick: Any, full: Any) -> Any:
-        """The quick-mode or the full-mode value of a size."""
-        return quick if self.quick else full
+    @property
+    def quick(self) -> bool:
+        return self.mode == "quick"
+
+    def pick(self, quick: Any, default: Any, full: Any = None) -> Any:
+        """The value of a size in this mode (``full`` defaults to ``default``)."""
+        return {"quick": quick, "default": default, "full": default if full is None else full}[self.mode]
 
     def to_json(self) -> dict:
         return {
+            "mode": self.mode,
             "quick": self.quick,
             "out": str(self.out),
             "device": self.device,
@@ -63,6 +85,7 @@ class Config:
             "optimizers": self.optimizers,
             "sections": self.sections,
             "seed": self.seed,
+            "max_leaves": self.max_leaves,
         }
 
 
@@ -80,11 +103,12 @@ class Context:
 
 @dataclass
 class Task:
-    """One unit of work, one tick of the progress bar."""
+    """One unit of work; ``cost`` is its expected seconds on 2 CPU cores (it weighs the progress bar)."""
 
     section: str
     label: str
     run: Callable[[Context], None]
+    cost: float = 1.0
 
 
 def error_record(exc: BaseException) -> dict[str, str]:

@@ -90,7 +90,7 @@ def _toy_task(spec: optimizers.OptSpec) -> Task:
             except Exception as exc:  # noqa: BLE001 - one broken optimizer must not stop the suite
                 entry["results"][spec.name] = error_record(exc)
 
-    return Task("toy", f"toy problems: {spec.name}", run)
+    return Task("toy", f"toy problems: {spec.name}", run, cost=1.0)
 
 
 # --- logistic regression: full-batch vs stochastic vs mini-batch ----------------------------------
@@ -177,7 +177,7 @@ def _logistic_task(index: int) -> Task:
         except Exception as exc:  # noqa: BLE001
             section["modes"][label] = error_record(exc)
 
-    return Task("logistic", f"logistic regression: mode {index + 1}/3", run)
+    return Task("logistic", f"logistic regression: mode {index + 1}/3", run, cost=1.0)
 
 
 # --- MLP on digits with a vmapped learning-rate sweep ----------------------------------------------
@@ -190,8 +190,8 @@ def mlp_settings(ctx: Context) -> dict:
     return {
         "sizes": [64, 64, 10],
         "batch_size": 64,
-        "epochs": cfg.pick(6, 40),
-        "sweep_points": cfg.pick(4, 8),
+        "epochs": cfg.pick(6, 20, 40),
+        "sweep_points": cfg.pick(4, 6, 8),
         "sweep_decades": cfg.pick(1.0, 1.5),
         "train_loss_tolerance": MLP_LOSS_TOL,
         "selection": "lowest final validation loss",
@@ -268,7 +268,7 @@ def run_mlp(ctx: Context, spec: optimizers.OptSpec) -> dict:
     }
 
 
-def _mlp_task(spec: optimizers.OptSpec) -> Task:
+def _mlp_task(spec: optimizers.OptSpec, cost: float) -> Task:
     def run(ctx: Context) -> None:
         section = _mlp_section(ctx)
         try:
@@ -276,7 +276,7 @@ def _mlp_task(spec: optimizers.OptSpec) -> Task:
         except Exception as exc:  # noqa: BLE001
             section["results"][spec.name] = error_record(exc)
 
-    return Task("mlp", f"digits MLP sweep: {spec.name}", run)
+    return Task("mlp", f"digits MLP sweep: {spec.name}", run, cost=cost)
 
 
 # ``--quick`` compiles one MLP sweep per optimizer for a few of them only (compiling is the slow part).
@@ -293,5 +293,5 @@ def tasks(ctx: Context, section: str) -> list[Task]:
         if ctx.config.quick and not ctx.config.optimizers:
             specs = [s for s in specs if s.name in QUICK_MLP_OPTIMIZERS] or specs[:3]
             _mlp_section(ctx)["note"] = f"--quick: only {[s.name for s in specs]} (pass --optimizers to choose)"
-        return [_mlp_task(s) for s in specs]
+        return [_mlp_task(s, ctx.config.pick(1.5, 3.0, 5.0)) for s in specs]
     raise ValueError(section)

@@ -79,6 +79,6 @@ def load_average() -> list[float] | None:
 def _torch_threads() -> int | None:
     try:
         import torch
-    except ImportError:
+    except Exception:  # noqa: BLE001 - not installed, or a broken install: no torch peers
         return None
     return torch.get_num_threads()

@@ -59,10 +59,6 @@ def fmt_timing(t: dict | None) -> str:
     return f"{fmt_time(t['median_s'])} ±{fmt_time(t['iqr_s'] / 2)}"
 
 
-def fmt_ratio(r: float | None) -> str:
-    return "—" if r is None else f"{r:.2f}x"
-
-
 def fmt_pct(r: float | None) -> str:
     return "—" if r is None else f"{100 * r:.0f}%"
 
@@ -142,54 +138,104 @@ def _mlp_table(sec: dict) -> Table:
 
 
 def _roofline_table(sec: dict) -> Table:
+    kernels = list(sec.get("kernels", {}))
     rows = []
     for n, r in sorted(sec.get("sizes", {}).items(), key=lambda kv: int(kv[0])):
         if _err(r):
-            rows.append([fmt_n(int(n)), _err(r), "", ""])
+            rows.append([fmt_n(int(n)), _err(r)] + [""] * (len(kernels) + 1))
             continue
-        rows.append([fmt_n(int(n)), fmt(r["bytes"] / 1e6), fmt_timing(r["time"]), fmt(r["bandwidth_gb_s"])])
-    return Table("roofline", f"Roofline: triad {sec.get('kernel', '')}", ["n", "MB moved", "time", "GB/s"], rows)
+        rows.append([fmt_n(int(n))] + [f"{fmt(r['kernels'][k]['best_gb_s'])} ({fmt(r['kernels'][k]['median_gb_s'])})"
+                                       for k in kernels] + [f"{fmt(r['bandwidth_gb_s'])} ({r['best_kernel']})"])
+    note = ("Kernels: " + "; ".join(f"{k}: {d}" for k, d in sec.get("kernels", {}).items())
+            + ". GB/s from the best sample (median in parentheses); the reference is the best kernel at each size.")
+    return Table("roofline", "Roofline: memory bandwidth of STREAM kernels (GB/s)",
+                 ["params", *kernels, "reference"], rows, note)
+
+
+def fmt_faster(r: float | None) -> str:
+    """A peer's time over the subject's, read the natural way: ``1.6x faster`` / ``1.3x slower``."""
+    if r is None:
+        return "—"
+    if 0.995 <= r <= 1.005:
+        return "same"
+    return f"{r:.2f}x faster" if r > 1 else f"{1 / r:.2f}x slower"
 
 
 def _speed_table(section: str, sec: dict) -> Table:
     rows_in = sec.get("rows", [])
-    peers = list(dict.fromkeys(p for r in rows_in for p in r.get("speedup_vs", {})))
-    subject = next((r["subject"] for r in rows_in if "subject" in r), "subject")
-    headers = ["optimizer", "params", "leaves", f"{subject} step", "% roofline", "triad GB/s", "compile",
-               "XLA B/param (nominal)"]
-    headers += [f"vs {p}" for p in peers]
-    fused, kernel = f"{subject}_fused", f"{subject}_kernel"
+    lib = next((r["subject"].removesuffix("_fused") for r in rows_in if "subject" in r), "subject")
+    fused, kernel = f"{lib}_fused", f"{lib}_kernel"
+    peers = [p for p in dict.fromkeys(p for r in rows_in for p in r.get("speedup_vs", {})) if p not in (fused, kernel)]
     has_fused = any(fused in r.get("impls", {}) for r in rows_in)
     has_kernel = any(kernel in r.get("impls", {}) for r in rows_in)
+    headers = ["optimizer", "params", "leaves", "step (tree path)", "% roofline", "roofline GB/s", "compile",
+               "XLA B/param (nominal)"]
     if has_fused:
-        headers.append("fused compile")
+        headers += ["fused step", "fused % roofline", "fused compile", "fused vs tree path"]
     if has_kernel:
-        headers.append("kernel % roofline")
+        headers += ["kernel step", "kernel % roofline", "kernel vs XLA path"]
+    headers += [f"vs {p}" for p in peers]
     rows = []
     for r in rows_in:
         head = [r["optimizer"], fmt_n(r["n_params"]), fmt(r["n_leaves"])]
-        sub = r.get("impls", {}).get(r.get("subject"), r)
-        if _err(sub):
-            rows.append(head + [_err(sub)] + [""] * (len(headers) - 4))
+        if _err(r):
+            rows.append(head + [_err(r)] + [""] * (len(headers) - 4))
             continue
-        comp = sub["compile"]
-        xla = sub["xla_bytes_per_param"]
-        rows.append(head + [fmt_timing(sub["time"]), fmt_pct(sub["fraction_of_roofline"]),
-                            fmt(r["triad"]["bandwidth_gb_s"]), _compile_s(comp),
-                            f"{fmt(xla)} ({r['nominal_bytes_per_param']})"]
-                    + [fmt_ratio(r["speedup_vs"].get(p)) for p in peers])
+        impls = r["impls"]
+        tree = impls.get(lib)
+        # The subject of the peer columns: the tree path, or the fused layout where the tree path was skipped.
+        subject = impls[r["subject"]]
+        subject_t = subject.get("time", {}).get("median_s")
+
+        def vs(impl: str) -> str:
+            rec = impls.get(impl)
+            if rec is None:
+                return ""
+            if _err(rec):
+                return _err(rec)
+            return fmt_faster(rec["time"]["median_s"] / subject_t) if subject_t else "—"
+
+        if tree is None:
+            cells = ["skipped (> max leaves)", "", fmt(r["bandwidth_gb_s"]), "", ""]
+        elif _err(tree):
+            cells = [_err(tree), "", fmt(r["bandwidth_gb_s"]), "", ""]
+        else:
+            xla = tree["xla_bytes_per_param"]
+            cells = [fmt_timing(tree["time"]), fmt_pct(tree["fraction_of_roofline"]), fmt(r["bandwidth_gb_s"]),
+                     _compile_s(tree["compile"]), f"{fmt(xla)} ({r['nominal_bytes_per_param']})"]
         if has_fused:
-            rec = r["impls"].get(fused)
-            rows[-1].append(_compile_s(rec["compile"]) if rec and not _err(rec) else (_err(rec) if rec else ""))
+            rec = impls.get(fused)
+            if rec is None or _err(rec):
+                cells += [_err(rec) if rec else "", "", "", ""]
+            else:
+                ratio = (tree["time"]["median_s"] / rec["time"]["median_s"]) if tree and not _err(tree) else None
+                cells += [fmt_timing(rec["time"]), fmt_pct(rec["fraction_of_roofline"]), _compile_s(rec["compile"]),
+                          fmt_faster(ratio) if ratio else "—"]
         if has_kernel:
-            rec = r["impls"].get(kernel)
-            rows[-1].append(fmt_pct(rec["fraction_of_roofline"]) if rec and not _err(rec) else (_err(rec) if rec else ""))
+            rec = impls.get(kernel)
+            if rec is None or _err(rec):
+                cells += [_err(rec) if rec else "", "", ""]
+            else:
+                ratio = (tree["time"]["median_s"] / rec["time"]["median_s"]) if tree and not _err(tree) else None
+                cells += [fmt_timing(rec["time"]), fmt_pct(rec["fraction_of_roofline"]),
+                          fmt_faster(ratio) if ratio else "—"]
+        rows.append(head + cells + [vs(p) for p in peers])
     title = {"update": "Update step, one leaf", "leaves": "Update step, many leaves"}[section]
-    note = ("Step: jitted, params and state donated, median ± IQR/2. % roofline: the time the nominal bytes take at "
-            "the bandwidth of a triad of the same size timed alongside, over the measured time. XLA B/param: XLA's "
-            "cost model (bytes accessed / params) vs the nominal bytes of a fully fused update. 'vs X': X's median "
-            "time / this library's (>1: this library is faster). Samples interleaved across implementations and the "
-            "triad. '_fused': the same optimizer with params, grads and state in the fused layout (jaxopt_lite.fuse); '_kernel': jaxopt_lite.kernels.adamw_step, the one-pass step that also applies the update.")
+    refs = sorted({r["bandwidth_reference"] for r in rows_in if "bandwidth_reference" in r} - {"STREAM kernels"})
+    note = ("Step: jitted, params and state donated, median ± IQR/2. % roofline: the time the nominal bytes per "
+            "parameter take at the reference bandwidth, over the measured median: the reference is the best sample "
+            "of STREAM kernels (scale/add/triad, in place) of the same size timed alongside and in the roofline "
+            "section"
+            + (f", or, where it streamed faster still, the best sample of {', '.join(refs)}" if refs else "")
+            + ". XLA B/param: XLA's cost model (bytes accessed / params) vs the nominal bytes of a fully fused "
+            "update. 'vs X': how this library's step compares with X's ('1.6x faster': X takes 1.6 times as long); "
+            "where the tree path was skipped, the fused layout is compared. 'fused': params, grads and state in the "
+            "fused layout (jaxopt_lite.fuse); 'kernel': jaxopt_lite.kernels.adamw_step, the one-pass step that also "
+            "applies the update. Samples interleaved across implementations and the STREAM kernels.")
+    if section == "leaves" and sec.get("tree_path_max_leaves"):
+        note += f" Tree path (this library's and Optax's) compiled up to {sec['tree_path_max_leaves']:,} leaves."
+    for peer, why in sec.get("peers_absent", {}).items():
+        note += f" {peer}: {why}."
     return Table(section, title, headers, rows, note)
 
 
@@ -201,17 +247,17 @@ def _sweep_table(sec: dict) -> Table:
             continue
         comp = r["vmap"]["compile"]
         rows.append([fmt(r["k"]), fmt_timing(r["vmap"]["time"]), fmt_timing(r["loop"]["time"]),
-                     fmt_ratio(r["speedup_vmap_vs_loop"]), fmt_time(r["vmap_seconds_per_run"]),
+                     fmt_faster(r["speedup_vmap_vs_loop"]), fmt_time(r["vmap_seconds_per_run"]),
                      _compile_s(comp), fmt(r["max_rel_diff_first_10_steps"]),
                      fmt(r["median_rel_diff_final_loss"])])
     loop = sec.get("loop_compile")
     loop_compile = _compile_s(loop) if loop else "—"
     note = (f"{sec.get('problem')}, {sec.get('optimizer')}, {sec.get('steps')} steps on mini-batches of "
             f"{sec.get('batch_size')} per run. Loop: one jit(train) compiled once ({loop_compile}), called K times. "
-            "loop/vmap > 1: the vmapped sweep is faster. Relative differences vmap vs loop: early losses must agree to "
+            "'vmap vs loop': how the vmapped sweep compares with the loop. Relative differences vmap vs loop: early losses must agree to "
             "rounding; final losses may differ where large rates make training chaotic.")
     return Table("sweep", "Learning-rate sweep: jit(vmap) vs a Python loop of jitted runs",
-                 ["K", "vmap", "loop", "loop/vmap", "vmap per run", "vmap compile", "max rel diff (10 steps)",
+                 ["K", "vmap", "loop", "vmap vs loop", "vmap per run", "vmap compile", "max rel diff (10 steps)",
                   "median rel diff (final)"], rows, note)
 
 
@@ -277,9 +323,16 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write then rename: a kill mid-write leaves the previous file, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_json(ctx: Context, meta: dict, path: Path) -> dict:
     doc = jsonable({"meta": meta, **ctx.results})
-    path.write_text(json.dumps(doc, indent=1, allow_nan=False))
+    write_atomic(path, json.dumps(doc, indent=1, allow_nan=False))
     return doc
 
 
@@ -304,10 +357,12 @@ def write_markdown(ctx: Context, meta: dict, all_tables: list[Table], plots: lis
         (f"Machine: {m['cpu_model']}, {m['cpu_cores']} cores, "
          f"{(m['memory_bytes'] or 0) / 2**30:.0f} GiB; device: {m['platform']} ({m['device_kind']})  "),
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + "  ",
-        (f"Library under test: `{meta['config']['library']}`; mode: {'quick' if meta['config']['quick'] else 'full'}; "
+        (f"Library under test: `{meta['config']['library']}`; mode: {meta['config']['mode']}; "
          f"repeats: {meta['config']['repeats']}; started {meta['started']}, took {meta['duration_s']:.0f} s; "
          f"load average {m.get('load_average')} at the start, {meta.get('load_average_at_end')} at the end "
          f"({m['cpu_cores']} cores)."),
+        "",
+        status_line(meta),
         "",
         ("Speed figures are ratios to a peer measured in the same process (the triad roofline, Optax, torch.optim), "
          "with samples interleaved; absolute times depend on the machine and its load."),
@@ -330,7 +385,19 @@ def write_markdown(ctx: Context, meta: dict, all_tables: list[Table], plots: lis
     errors = [(s, e) for s, e in find_errors(ctx.results)]
     if errors:
         lines += ["## Errors", ""] + [f"- `{where}`: {msg}" for where, msg in errors] + [""]
-    path.write_text("\n".join(lines))
+    write_atomic(path, "\n".join(lines))
+
+
+def status_line(meta: dict) -> str:
+    """Which sections are complete, which one was cut short, which never ran."""
+    seconds = meta.get("seconds_per_section", {})
+    done = ", ".join(f"{s} ({seconds.get(s, 0):.0f} s)" for s in meta.get("sections_done", []))
+    line = f"**Status: {meta.get('status', 'complete')}.** Sections complete: {done or 'none'}."
+    if meta.get("sections_cut"):
+        line += f" Cut short (partial figures): {', '.join(meta['sections_cut'])}."
+    if meta.get("sections_not_run"):
+        line += f" Not run: {', '.join(meta['sections_not_run'])}."
+    return line
 
 
 def find_errors(tree: Any, where: str = "") -> list[tuple[str, str]]:

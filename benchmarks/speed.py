@@ -3,11 +3,13 @@
 For sgd, momentum, adam, adamw and
 ``chain(clip_by_global_norm(1.0), adamw(warmup_cosine_decay_schedule(...)))``:
 
-* ``update``: one leaf of 1M..64M float32 parameters (capped by ``--max-params``);
-* ``leaves``: 10M parameters split into 1, 100, 1000, 5000 leaves.
+* ``update``: one leaf of 1M..16M float32 parameters (64M with ``--full``; capped by ``--max-params``);
+* ``leaves``: 4M parameters (10M with ``--full``) split into 1 to 5000 leaves. The tree path (and Optax's)
+  runs up to ``--max-leaves`` leaves (default 300; its XLA compile time grows faster than linearly, to
+  minutes at 5000 leaves); the fused layout (and torch.optim) run at every count.
 
 Every figure is relative to a peer timed in the same process, samples
-interleaved: the roofline (a triad of the same total size, see
+interleaved: the roofline (STREAM kernels of the same total size, see
 :mod:`benchmarks.roofline`), Optax, and torch.optim (foreach and fused) when
 importable. Compile time is ``lower()`` + ``compile()``, timed; XLA's cost
 model gives the bytes it expects the step to move.
@@ -48,17 +50,36 @@ warnings.filterwarnings("ignore", message="Some donated buffers were not usable"
 # --- sizes -------------------------------------------------------------------------------------------
 
 def single_leaf_sizes(ctx: Context) -> list[int]:
-    sizes = ctx.config.pick([2**16, 2**20], [2**20, 2**22, 2**24, 2**26])
+    sizes = ctx.config.pick([2**16, 2**20], [2**20, 2**22, 2**24], [2**20, 2**22, 2**24, 2**26])
     return [n for n in sizes if n <= ctx.config.max_params] or [min(sizes[0], ctx.config.max_params)]
 
 
 def leaves_total(ctx: Context) -> int:
-    return min(ctx.config.pick(2**18, 10_000_000), ctx.config.max_params)
+    return min(ctx.config.pick(2**18, 2**22, 10_000_000), ctx.config.max_params)
 
 
 def leaf_counts(ctx: Context) -> list[int]:
-    counts = ctx.config.pick([1, 4, 32], [1, 100, 1000, 5000])
+    counts = ctx.config.pick([1, 4, 32, 128], [1, 10, 100, 300, 1000, 5000], [1, 100, 1000, 5000])
     return [k for k in counts if k <= leaves_total(ctx)]
+
+
+def tree_leaf_limit(ctx: Context) -> int:
+    """The most leaves at which the tree path (this library's and Optax's) is compiled: ``--max-leaves``."""
+    return ctx.config.max_leaves or ctx.config.pick(32, 300, 5000)
+
+
+# Rough XLA:CPU compile seconds of one tree-path step at 1000 leaves on 2 cores, and how it grows with the
+# leaf count beyond 1000 (about linearly below; fitted to 100, 1000 and 5000 leaves): it weighs the progress bar.
+_COMPILE_AT_1000 = {"sgd": 1.2, "momentum": 2.6, "adam": 8.5, "adamw": 9.5, "clip_adamw_cosine": 17.0}
+_COMPILE_GROWTH = {"sgd": 1.2, "momentum": 1.25, "adam": 1.5, "adamw": 1.4, "clip_adamw_cosine": 2.6}
+
+
+def expected_seconds(name: str, n: int, leaves: int, tree_path: bool) -> float:
+    timing = 1.0 + 2.5 * n / 2**24  # warm-up and repeats: grows with the bytes moved
+    if not tree_path:
+        return timing + 0.5
+    growth = 1.1 if leaves <= 1000 else _COMPILE_GROWTH[name]
+    return timing + 2 * _COMPILE_AT_1000[name] * (leaves / 1000) ** growth  # this library's and Optax's
 
 
 def split_sizes(total: int, leaves: int) -> list[int]:
@@ -180,13 +201,34 @@ def torch_runner(name: str, sizes: list[int], grads, variant: str) -> Runner:
     return Runner(step, None, sync=lambda carry: carry)
 
 
+TORCH_HINT = ("not installed; for these columns: pip install torch --index-url https://download.pytorch.org/whl/cpu "
+              "(or pip install '.[peers]')")
+
+
 def _torch_variants(ctx: Context) -> list[str]:
     """torch peers, when torch is importable and runs on the same kind of device as JAX."""
     try:
         import torch  # noqa: F401
-    except ImportError:
+    except Exception:  # noqa: BLE001 - not installed, or a broken install
         return []
     return ["foreach", "fused"] if jax.devices()[0].platform == "cpu" else []
+
+
+def absent_peers(ctx: Context) -> dict[str, str]:
+    """Peers whose columns are missing, and why (the report says so instead of leaving a silent gap)."""
+    absent = {}
+    if ctx.lib.__name__ != "optax" and "optax" not in _peer_libraries(ctx):
+        absent["optax"] = "not installed; pip install optax"
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        absent["torch.optim"] = TORCH_HINT
+    except Exception as exc:  # noqa: BLE001 - a broken install
+        absent["torch.optim"] = f"import failed ({type(exc).__name__}); {TORCH_HINT}"
+    else:
+        if jax.devices()[0].platform != "cpu":
+            absent["torch.optim"] = "compared on CPU only"
+    return absent
 
 
 def _peer_libraries(ctx: Context) -> dict[str, object]:
@@ -201,24 +243,36 @@ def _peer_libraries(ctx: Context) -> dict[str, object]:
     return peers
 
 
-def measure_step(ctx: Context, name: str, sizes: list[int]) -> dict:
-    """All implementations of optimizer ``name`` on params of the given leaf sizes, interleaved."""
+def _measured_bandwidth(ctx: Context, n: int) -> float | None:
+    """The roofline section's reference bandwidth at size ``n`` (GB/s), when it ran."""
+    rec = ctx.results.get("roofline", {}).get("sizes", {}).get(str(n), {})
+    return rec.get("bandwidth_gb_s")
+
+
+def measure_step(ctx: Context, name: str, sizes: list[int], tree_path: bool = True) -> dict:
+    """All implementations of optimizer ``name`` on params of the given leaf sizes, interleaved.
+
+    ``tree_path=False`` leaves out the per-leaf tree path (this library's and Optax's): only the fused
+    layout and torch.optim run, and the fused layout is the subject the peers are compared with.
+    """
     n = sum(sizes)
+    lib_name = ctx.lib.__name__
     grads = make_tree(sizes, None, seed=ctx.config.seed)
-    builders: dict[str, Callable[[], tuple[Runner, Compiled | None]]] = {
-        ctx.lib.__name__: lambda: jax_runner(ctx.lib, name, sizes, grads)
-    }
+    builders: dict[str, Callable[[], tuple[Runner, Compiled | None]]] = {}
+    if tree_path:
+        builders[lib_name] = lambda: jax_runner(ctx.lib, name, sizes, grads)
     if len(sizes) == 1 and name in KERNEL_ARGS and hasattr(ctx.lib, "kernels"):
-        builders[f"{ctx.lib.__name__}_kernel"] = lambda: kernel_runner(ctx.lib, name, sizes, grads)
+        builders[f"{lib_name}_kernel"] = lambda: kernel_runner(ctx.lib, name, sizes, grads)
     if len(sizes) > 1 and hasattr(ctx.lib, "fuse"):
-        builders[f"{ctx.lib.__name__}_fused"] = lambda: fused_runner(ctx.lib, name, sizes, grads)
-    for peer, lib in _peer_libraries(ctx).items():
-        builders[peer] = lambda lib=lib: jax_runner(lib, name, sizes, grads)
+        builders[f"{lib_name}_fused"] = lambda: fused_runner(ctx.lib, name, sizes, grads)
+    if tree_path:
+        for peer, lib in _peer_libraries(ctx).items():
+            builders[peer] = lambda lib=lib: jax_runner(lib, name, sizes, grads)
     for variant in _torch_variants(ctx):
         builders[f"torch_{variant}"] = lambda v=variant: (torch_runner(name, sizes, grads, v), None)
 
     impls: dict[str, dict] = {}
-    runners: dict[str, Runner] = {"triad": roofline.triad_runner(n)[0]}
+    runners: dict[str, Runner] = roofline.stream_runners(n)
     for impl, make in builders.items():
         try:
             runners[impl], compiled = make()
@@ -227,9 +281,15 @@ def measure_step(ctx: Context, name: str, sizes: list[int]) -> dict:
             impls[impl] = error_record(exc)
     timings = measure(runners, ctx.config.repeats, min_sample_s=ctx.config.pick(0.005, 0.02))
 
-    triad = roofline.triad_record(n, timings.pop("triad"))
+    stream = roofline.stream_record(n, {k: timings.pop(k) for k in list(timings) if k.startswith("stream_")})
     nominal = NOMINAL_BYTES[name] * n
-    bw = triad["bandwidth_gb_s"] * 1e9
+    # The reference: the best STREAM kernel, here or in the roofline section; if an implementation streamed
+    # memory faster still (its best sample), that is the bandwidth this machine demonstrably reaches.
+    candidates = {"STREAM kernels": max(stream["bandwidth_gb_s"], _measured_bandwidth(ctx, n) or 0.0)}
+    for impl, t in timings.items():
+        candidates[impl] = nominal / t.min_s / 1e9
+    reference = max(candidates, key=candidates.get)
+    bw = candidates[reference] * 1e9
     roof_s = nominal / bw
     for impl, t in timings.items():
         rec = impls[impl]
@@ -238,37 +298,62 @@ def measure_step(ctx: Context, name: str, sizes: list[int]) -> dict:
         rec["fraction_of_roofline"] = roof_s / t.median_s
         xla_bytes = (rec.get("compile") or {}).get("xla_bytes_accessed")
         rec["xla_bytes_per_param"] = xla_bytes / n if xla_bytes else None
-    subject = timings.get(ctx.lib.__name__)
-    peers = {impl: t for impl, t in timings.items() if impl != ctx.lib.__name__}
-    speedup = {impl: t.median_s / subject.median_s for impl, t in peers.items()} if subject else {}
+    subject = lib_name if tree_path else f"{lib_name}_fused"
+    subject_t = timings.get(subject)
+    peers = {impl: t for impl, t in timings.items() if impl != subject}
+    speedup = {impl: t.median_s / subject_t.median_s for impl, t in peers.items()} if subject_t else {}
     return {
         "optimizer": name,
         "description": DESCRIPTION[name],
         "n_params": n,
         "n_leaves": len(sizes),
+        "tree_path": tree_path,
         "nominal_bytes_per_param": NOMINAL_BYTES[name],
-        "triad": triad,
+        "stream": stream,
+        "bandwidth_gb_s": candidates[reference],
+        "bandwidth_reference": reference,
         "roofline_time_s": roof_s,
-        "subject": ctx.lib.__name__,
+        "subject": subject,
         "impls": impls,
         "speedup_vs": speedup,
     }
 
 
-def _task(section: str, name: str, n: int, leaves: int) -> Task:
+def _task(section: str, name: str, n: int, leaves: int, tree_path: bool = True) -> Task:
     def run(ctx: Context) -> None:
         rows = ctx.section(section).setdefault("rows", [])
         try:
-            rows.append(measure_step(ctx, name, split_sizes(n, leaves)))
+            rows.append(measure_step(ctx, name, split_sizes(n, leaves), tree_path))
         except Exception as exc:  # noqa: BLE001
             rows.append({"optimizer": name, "n_params": n, "n_leaves": leaves, **error_record(exc)})
 
-    return Task(section, f"{section}: {name}, {n:,} params in {leaves} leaves", run)
+    path = "" if tree_path else " (fused layout only)"
+    return Task(section, f"{section}: {name}, {n:,} params in {leaves} leaves{path}", run,
+                cost=expected_seconds(name, n, leaves, tree_path))
 
 
 def tasks(ctx: Context, section: str) -> list[Task]:
+    ctx.section(section)["peers_absent"] = absent_peers(ctx)
     if section == "update":
         return [_task(section, name, n, 1) for n in single_leaf_sizes(ctx) for name in OPTIMIZERS]
     if section == "leaves":
-        return [_task(section, name, leaves_total(ctx), k) for k in leaf_counts(ctx) for name in OPTIMIZERS]
+        limit = tree_leaf_limit(ctx)
+        fused = hasattr(ctx.lib, "fuse")
+        sec = ctx.section(section)
+        sec["tree_path_max_leaves"] = limit
+        sec["n_params"] = leaves_total(ctx)
+        return [_task(section, name, leaves_total(ctx), k, tree_path=k <= limit)
+                for k in leaf_counts(ctx) if k <= limit or fused for name in OPTIMIZERS]
     raise ValueError(section)
+
+
+def slow_compile_note(ctx: Context) -> str | None:
+    """One line explaining XLA's "Very slow compile?" alarm, when this run will compile a big tree path."""
+    if "leaves" not in ctx.config.sections:
+        return None
+    big = [k for k in leaf_counts(ctx) if k <= tree_leaf_limit(ctx) and k >= 1000]
+    if not big:
+        return None
+    return (f"note: the leaves section compiles the tree path at {max(big):,} leaves, which takes minutes per "
+            "optimizer; XLA may print 'Very slow compile?' meanwhile; that is expected (it is what the fused layout "
+            "avoids); --max-leaves N skips tree paths above N leaves.")

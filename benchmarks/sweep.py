@@ -20,11 +20,12 @@ from benchmarks.timing import Runner, compile_timed, measure
 
 OPTIMIZER = "adam"
 SWEEP_SIZES = (1, 8, 32, 128)
+COST = {1: 1.0, 8: 2.0, 32: 5.0, 128: 15.0}  # seconds on 2 cores, default mode
 BATCH = 64
 
 
 def settings(ctx: Context) -> dict:
-    return {"optimizer": OPTIMIZER, "steps": ctx.config.pick(20, 200), "batch_size": BATCH,
+    return {"optimizer": OPTIMIZER, "steps": ctx.config.pick(20, 100, 200), "batch_size": BATCH,
             "problem": f"digits MLP {convergence.mlp_settings(ctx)['sizes']}"}
 
 
@@ -93,7 +94,7 @@ def _task(k: int) -> Task:
         except Exception as exc:  # noqa: BLE001
             section["rows"].append({"k": k, **error_record(exc)})
 
-    return Task("sweep", f"lr sweep: K={k}, vmap vs loop", run)
+    return Task("sweep", f"lr sweep: K={k}, vmap vs loop", run, cost=COST[k])
 
 
 def tasks(ctx: Context, section: str) -> list[Task]:

@@ -27,6 +27,7 @@ class Timing:
     q3_s: float
     repeats: int
     calls_per_sample: int
+    min_s: float | None = None
 
     @property
     def iqr_s(self) -> float:
@@ -40,12 +41,13 @@ class Timing:
             "q3_s": self.q3_s,
             "repeats": self.repeats,
             "calls_per_sample": self.calls_per_sample,
+            "min_s": self.min_s,
         }
 
 
 def summarize(samples: list[float], calls_per_sample: int = 1) -> Timing:
     q1, med, q3 = np.percentile(np.asarray(samples, dtype=np.float64), [25, 50, 75])
-    return Timing(float(med), float(q1), float(q3), len(samples), calls_per_sample)
+    return Timing(float(med), float(q1), float(q3), len(samples), calls_per_sample, float(np.min(samples)))
 
 
 def block(tree: Any) -> Any:

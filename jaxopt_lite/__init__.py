@@ -157,6 +157,98 @@ from jaxopt_lite.wrappers import (
     skip_not_finite,
 )
 
+from jaxopt_lite import contrib
+
+# modern optimizers also at the top level; Optax has them in contrib
+from jaxopt_lite.optimizers.ademamix import ademamix
+from jaxopt_lite.optimizers.adopt import adopt
+from jaxopt_lite.optimizers.muon import muon, scale_by_muon
+
+# utility namespaces and small transforms
+from jaxopt_lite import microbatching, projections, tree_utils
+from jaxopt_lite.microbatching import microbatch
+from jaxopt_lite.tree import map_params as tree_map_params
+from jaxopt_lite.transforms.block_scaling import (
+    centralize,
+    clip_by_block_rms,
+    normalize_by_update_norm,
+    scale_by_param_block_norm,
+    scale_by_param_block_rms,
+)
+from jaxopt_lite.transforms.conditionality import (
+    ConditionallyMaskState,
+    ConditionallyTransformState,
+    conditionally_mask,
+    conditionally_transform,
+)
+from jaxopt_lite.transforms.monitoring import MonitorState, SnapshotState, measure_with_ema, monitor, snapshot
+from jaxopt_lite.transforms.per_example_clipping import per_example_global_norm_clip, per_example_layer_norm_clip
+from jaxopt_lite.utils import MultiNormalDiagFromLogScale, multi_normal, scale_gradient
+
+# L-BFGS and line searches
+from jaxopt_lite.linesearch import (
+    ScaleByBacktrackingLinesearchState,
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_backtracking_linesearch,
+    scale_by_zoom_linesearch,
+    value_and_grad_from_state,
+)
+from jaxopt_lite.optimizers.lbfgs import ScaleByLBFGSState, lbfgs, scale_by_lbfgs
+
+# Optax top-level optimizers
+from jaxopt_lite.optimizers.adan import ScaleByAdanState, adan, scale_by_adan
+from jaxopt_lite.optimizers.rprop import ScaleByRpropState, rprop, scale_by_rprop
+from jaxopt_lite.optimizers.yogi import scale_by_yogi, yogi
+# parameter-free: Optax has LDoG at the top level
+from jaxopt_lite.optimizers.dog import scale_by_distance_over_gradients
+
+# losses: the namespace, and the names Optax also has at its top level
+from jaxopt_lite import losses
+from jaxopt_lite.losses import (
+    convex_kl_divergence,
+    cosine_distance,
+    cosine_similarity,
+    ctc_loss,
+    ctc_loss_with_forward_probs,
+    generalized_kl_divergence,
+    hinge_loss,
+    huber_loss,
+    kl_divergence,
+    l2_loss,
+    log_cosh,
+    ntxent,
+    safe_softmax_cross_entropy,
+    sigmoid_binary_cross_entropy,
+    sigmoid_focal_loss,
+    smooth_labels,
+    softmax_cross_entropy,
+    softmax_cross_entropy_with_integer_labels,
+    squared_error,
+)
+
+# Optax compatibility names and numerics
+from jaxopt_lite import numerics
+from jaxopt_lite.base import (
+    StatefulSchedule,
+    TransformInitFn,
+    TransformUpdateExtraArgsFn,
+    TransformUpdateFn,
+    init_empty_state,
+)
+from jaxopt_lite.numerics import safe_increment, safe_int32_increment, safe_norm, safe_root_mean_squares
+from jaxopt_lite.transforms.adaptive import ScaleByBeliefState
+from jaxopt_lite.transforms.clipping import AdaptiveGradClipState, ClipByGlobalNormState, ClipState
+from jaxopt_lite.transforms.regularization import AddDecayedWeightsState, NonNegativeParamsState
+from jaxopt_lite.transforms.scaling import ScaleState
+from jaxopt_lite.tree import bias_correction, update_infinity_moment, update_moment, update_moment_per_elem_norm
+from jaxopt_lite.wrappers.hyperparams import (
+    InjectStatefulHyperparamsState,
+    WrappedSchedule,
+    inject_stateful_hyperparams,
+)
+from jaxopt_lite.wrappers.masking import MaskOrFn
+
 global_norm = tree.global_norm
 
 __version__ = "0.1.0"

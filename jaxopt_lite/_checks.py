@@ -5,8 +5,6 @@ a tracer (inside ``jit``/``vmap``/``grad``). We check the first three eagerly an
 skip tracers: a check must never force a value to the host inside a trace.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax
@@ -25,6 +23,28 @@ def concrete(x: Any) -> np.ndarray | None:
         return None
 
 
+def _as_float64(owner: str, name: str, value: Any) -> np.ndarray | None:
+    """A concrete numeric ``value`` as float64 (any float dtype: bfloat16 and float16 arrays too), else ``None``."""
+    arr = concrete(value)
+    if arr is None:
+        return None
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float64)
+    if not jax.dtypes.issubdtype(arr.dtype, np.number):  # ml_dtypes' bfloat16 is no NumPy "number"
+        raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
+    if jax.dtypes.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
+    return arr.astype(np.float64)
+
+
+def check_finite(owner: str, name: str, value: Any) -> None:
+    """Raises ``ValueError`` if a concrete ``value`` (any element of it) is ``nan`` or infinite."""
+    arr = _as_float64(owner, name, value)
+    if arr is not None and not np.all(np.isfinite(arr)):
+        shown = arr[~np.isfinite(arr)].ravel()[0]
+        raise ValueError(f"{owner}: {name} must be finite, got {shown:g}")
+
+
 def check_range(
     owner: str,
     name: str,
@@ -35,17 +55,14 @@ def check_range(
     low_open: bool = False,
     high_open: bool = False,
 ) -> None:
-    """Raises ``ValueError`` if a concrete ``value`` lies outside the interval.
+    """Raises ``ValueError`` if a concrete ``value`` is not finite or lies outside the interval.
 
     Every element is checked, so a batch of values (a sweep) is validated too.
     Tracers and callables (schedules) pass through unchecked.
     """
-    arr = concrete(value)
+    arr = _as_float64(owner, name, value)
     if arr is None:
         return
-    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
-        raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
-    arr = arr.astype(np.float64)
     bad = np.isnan(arr)
     if low is not None:
         bad |= (arr <= low) if low_open else (arr < low)
@@ -56,6 +73,7 @@ def check_range(
         hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
         shown = arr[bad].ravel()[0]
         raise ValueError(f"{owner}: {name} must be in {lo}, {hi}, got {shown:g}")
+    check_finite(owner, name, value)  # an infinite value inside an unbounded interval
 
 
 def check_nonnegative(owner: str, name: str, value: Any) -> None:

@@ -6,8 +6,6 @@ module only composes them. ``learning_rate`` is always a number, an array
 (possibly traced: vmap over it for a sweep) or a schedule of the step count.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax

@@ -10,10 +10,8 @@ State is an immutable pytree (NamedTuples of arrays) built by mapping over
 identically sharded state.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol, Union
+from typing import Any, NamedTuple, Protocol, Union, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +23,26 @@ Updates = Any
 OptState = Any
 Schedule = Callable[[jax.Array], jax.Array]
 ScalarOrSchedule = Union[float, jax.Array, Schedule]
+
+
+ScheduleState = Any
+
+
+@runtime_checkable
+class StatefulSchedule(Protocol):
+    """A schedule with its own state: ``init() -> state``, ``update(state, **extra_args) -> state``,
+    and ``schedule(state, **extra_args) -> value``. :func:`~jaxopt_lite.inject_hyperparams` takes one
+    anywhere it takes a schedule; ``extra_args`` are those passed to ``update``.
+    """
+
+    def init(self) -> ScheduleState:
+        ...
+
+    def update(self, state: ScheduleState, **extra_args: Any) -> ScheduleState:
+        ...
+
+    def __call__(self, state: ScheduleState, **extra_args: Any) -> jax.Array:
+        ...
 
 
 class TransformInitFn(Protocol):
@@ -67,6 +85,12 @@ class GradientTransformationExtraArgs(GradientTransformation):
 
 class EmptyState(NamedTuple):
     """The state of a stateless transformation."""
+
+
+def init_empty_state(params: Params) -> EmptyState:
+    """The ``init`` of a stateless transformation: ignores ``params`` and returns :class:`EmptyState`."""
+    del params
+    return EmptyState()
 
 
 def with_extra_args_support(tx: GradientTransformation) -> GradientTransformationExtraArgs:
@@ -194,22 +218,26 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
 def apply_updates(params: Params, updates: Updates) -> Params:
     """Returns ``params + updates``, each result leaf in its parameter's dtype.
 
-    ``None`` updates leave their parameter as it is. Integer or boolean
-    parameters cannot take a floating-point step and raise ``TypeError``.
+    ``None`` updates leave their parameter as it is, ``None`` parameters stay
+    ``None`` (as Optax); :class:`~jaxopt_lite.MaskedNode` subtrees hold no leaves
+    and pass through. Integer or boolean parameters cannot take a floating-point
+    step and raise ``TypeError`` (mask them out of the optimizer, e.g. with
+    ``masked``, and leave their updates ``None``).
     """
     is_none = lambda x: x is None  # noqa: E731
     if jax.tree.structure(updates, is_leaf=is_none) != jax.tree.structure(params, is_leaf=is_none):
         _tree.check_same_structure(updates, params, "updates", "params")
 
     def add(path, p, u):
-        if u is None:
+        if p is None or u is None:
             return p
         p = jnp.asarray(p)
         where = jax.tree_util.keystr(path) or "<root>"
         if not jnp.issubdtype(p.dtype, jnp.inexact):
             raise TypeError(
                 f"apply_updates: cannot update parameter {where} of dtype {p.dtype}; "
-                "optimizers need floating-point parameters (mask integer leaves out, or cast them)"
+                "optimizers need floating-point parameters: cast it, or keep it out of the optimizer "
+                "(e.g. masked(tx, mask) with False for it) and pass None as its update"
             )
         if jnp.shape(u) != p.shape:
             raise ValueError(f"apply_updates: the update of {where} has shape {jnp.shape(u)}, the parameter {p.shape}")
@@ -219,11 +247,17 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
 
 def incremental_update(new_tensors: Params, old_tensors: Params, step_size: float | jax.Array) -> Params:
-    """Polyak averaging: ``step_size * new + (1 - step_size) * old``, leaf by leaf."""
-    _tree.check_same_structure(new_tensors, old_tensors, "new_tensors", "old_tensors")
-    return jax.tree.map(
-        lambda n, o: (step_size * n + (1.0 - step_size) * o).astype(o.dtype), new_tensors, old_tensors
-    )
+    """Polyak averaging: ``step_size * new + (1 - step_size) * old``, leaf by leaf (``None`` stays ``None``)."""
+    is_none = lambda x: x is None  # noqa: E731
+    if jax.tree.structure(new_tensors, is_leaf=is_none) != jax.tree.structure(old_tensors, is_leaf=is_none):
+        _tree.check_same_structure(new_tensors, old_tensors, "new_tensors", "old_tensors")
+
+    def leaf(n, o):
+        if n is None or o is None:
+            return None
+        return jnp.asarray(step_size * n + (1.0 - step_size) * o).astype(jnp.result_type(o))
+
+    return jax.tree.map(leaf, new_tensors, old_tensors, is_leaf=is_none)
 
 
 def periodic_update(

@@ -31,8 +31,6 @@ runs through the library's own transforms. The kernel is not differentiable
 sequentially.
 """
 
-from __future__ import annotations
-
 import ctypes
 import functools
 import hashlib

@@ -54,9 +54,10 @@ the argument. Step counts need not be integers (a float step count is used as
 is), but they must be non-negative.
 """
 
-from __future__ import annotations
-
+import functools
+import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -84,6 +85,13 @@ __all__ = [
     "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
+    # Optax's schedules namespace also holds the hyperparameter injection (defined in wrappers/hyperparams.py).
+    "InjectHyperparamsState",
+    "InjectStatefulHyperparamsState",
+    "StatefulSchedule",
+    "WrappedSchedule",
+    "inject_hyperparams",
+    "inject_stateful_hyperparams",
 ]
 
 ArrayLike = Any  # a Python number, a NumPy value or a (possibly traced) JAX array
@@ -266,10 +274,40 @@ def _decay(
     return schedule
 
 
+def _refuse_non_finite(*names: str):
+    """Decorates a schedule so that concrete ``nan``/``inf`` values of the named arguments raise ``ValueError``."""
+
+    def decorate(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            arguments = signature.bind_partial(*args, **kwargs).arguments
+            for name in names:
+                if name in arguments:
+                    _checks.check_finite(fn.__name__, name, arguments[name])
+            return fn(*args, **kwargs)
+
+        return checked
+
+    return decorate
+
+
+def _check_transition_steps(owner: str, transition_steps: Any) -> None:
+    """A negative ``transition_steps`` means a constant schedule, as in Optax (which logs it); we warn."""
+    _checks.check_finite(owner, "transition_steps", transition_steps)
+    steps = _checks.concrete(transition_steps)
+    if steps is not None and np.any(np.asarray(steps, np.float64) < 0):
+        warnings.warn(
+            f"{owner}: transition_steps = {steps} is negative; the schedule is the constant init_value (as in Optax)",
+            stacklevel=3,
+        )
+
+
 def _check_decay_args(
     owner: str, transition_steps: Any, decay_rate: Any, transition_begin: Any, staircase: Any
 ) -> None:
-    _checks.check_nonnegative(owner, "transition_steps", transition_steps)
+    _check_transition_steps(owner, transition_steps)
     _checks.check_nonnegative(owner, "decay_rate", decay_rate)
     _checks.check_nonnegative(owner, "transition_begin", transition_begin)
     _check_staircase(owner, staircase)
@@ -310,6 +348,7 @@ def _cosine(init_value, decay_steps, alpha, exponent) -> Schedule:
 # --------------------------------------------------------------------------- #
 
 
+@_refuse_non_finite("value")
 def constant_schedule(value: ArrayLike) -> Schedule:
     """A schedule that always returns ``value``: :math:`v(t) = v`.
 
@@ -327,6 +366,7 @@ def constant_schedule(value: ArrayLike) -> Schedule:
     return schedule
 
 
+@_refuse_non_finite("init_value", "end_value")
 def polynomial_schedule(
     init_value: ArrayLike,
     end_value: ArrayLike,
@@ -349,7 +389,7 @@ def polynomial_schedule(
       init_value: the value before the transition.
       end_value: the value after the transition.
       power: the exponent :math:`P \ge 0` (1 is linear).
-      transition_steps: the length :math:`T \ge 0` of the transition (0: constant).
+      transition_steps: the length :math:`T \ge 0` of the transition (``<= 0``: constant; negative values warn).
       transition_begin: the number of steps :math:`B \ge 0` (default 0) during
         which ``init_value`` is held before the transition starts.
 
@@ -362,7 +402,7 @@ def polynomial_schedule(
     """
     owner = "polynomial_schedule"
     _checks.check_nonnegative(owner, "power", power)
-    _checks.check_nonnegative(owner, "transition_steps", transition_steps)
+    _check_transition_steps(owner, transition_steps)
     _checks.check_nonnegative(owner, "transition_begin", transition_begin)
     return _polynomial(init_value, end_value, power, transition_steps, transition_begin)
 
@@ -380,6 +420,7 @@ def _polynomial(init_value, end_value, power, transition_steps, transition_begin
     return schedule
 
 
+@_refuse_non_finite("init_value", "end_value")
 def linear_schedule(
     init_value: ArrayLike,
     end_value: ArrayLike,
@@ -399,7 +440,7 @@ def linear_schedule(
     Args:
       init_value: the value up to step ``transition_begin``.
       end_value: the value from step ``transition_begin + transition_steps`` on.
-      transition_steps: the length :math:`T \ge 0` of the ramp (0: constant).
+      transition_steps: the length :math:`T \ge 0` of the ramp (``<= 0``: constant; negative values warn).
       transition_begin: steps :math:`B \ge 0` to hold ``init_value`` first.
 
     Returns:
@@ -410,7 +451,7 @@ def linear_schedule(
         negative.
     """
     owner = "linear_schedule"
-    _checks.check_nonnegative(owner, "transition_steps", transition_steps)
+    _check_transition_steps(owner, transition_steps)
     _checks.check_nonnegative(owner, "transition_begin", transition_begin)
     return _polynomial(init_value, end_value, 1, transition_steps, transition_begin)
 
@@ -420,6 +461,7 @@ def linear_schedule(
 # --------------------------------------------------------------------------- #
 
 
+@_refuse_non_finite("init_value", "end_value")
 def exponential_decay(
     init_value: ArrayLike,
     transition_steps: ArrayLike,
@@ -461,6 +503,7 @@ def exponential_decay(
     return _exponential(init_value, transition_steps, decay_rate, transition_begin, staircase, end_value)
 
 
+@_refuse_non_finite("init_value", "end_value")
 def natural_exp_decay(
     init_value: ArrayLike,
     transition_steps: ArrayLike,
@@ -513,6 +556,7 @@ def natural_exp_decay(
     )
 
 
+@_refuse_non_finite("init_value", "end_value")
 def inverse_time_decay(
     init_value: ArrayLike,
     transition_steps: ArrayLike,
@@ -569,6 +613,7 @@ def inverse_time_decay(
 # --------------------------------------------------------------------------- #
 
 
+@_refuse_non_finite("init_value")
 def piecewise_constant_schedule(
     init_value: ArrayLike, boundaries_and_scales: Mapping[int, ArrayLike] | None = None
 ) -> Schedule:
@@ -605,6 +650,7 @@ def piecewise_constant_schedule(
     return schedule
 
 
+@_refuse_non_finite("init_value")
 def piecewise_interpolate_schedule(
     interpolate_type: str,
     init_value: ArrayLike,
@@ -648,6 +694,7 @@ def piecewise_interpolate_schedule(
 # --------------------------------------------------------------------------- #
 
 
+@_refuse_non_finite("init_value", "alpha")
 def cosine_decay_schedule(
     init_value: ArrayLike,
     decay_steps: ArrayLike,
@@ -735,6 +782,7 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[ArrayLike
     return schedule
 
 
+@_refuse_non_finite("init_value", "peak_value")
 def warmup_constant_schedule(init_value: ArrayLike, peak_value: ArrayLike, warmup_steps: ArrayLike) -> Schedule:
     r"""Linear warmup from ``init_value`` to ``peak_value``, then constant.
 
@@ -767,6 +815,7 @@ def warmup_constant_schedule(init_value: ArrayLike, peak_value: ArrayLike, warmu
     )
 
 
+@_refuse_non_finite("init_value", "peak_value", "end_value")
 def warmup_cosine_decay_schedule(
     init_value: ArrayLike,
     peak_value: ArrayLike,
@@ -827,6 +876,7 @@ def warmup_cosine_decay_schedule(
     return join_schedules([linear_schedule(init_value, peak_value, warmup_steps), cosine_part], [warmup_steps])
 
 
+@_refuse_non_finite("init_value", "peak_value", "end_value")
 def warmup_exponential_decay_schedule(
     init_value: ArrayLike,
     peak_value: ArrayLike,
@@ -889,6 +939,7 @@ def _check_onecycle(owner: str, transition_steps: Any, pct_start: Any, div_facto
     _checks.check_positive(owner, "final_div_factor", final_div_factor)
 
 
+@_refuse_non_finite("peak_value")
 def linear_onecycle_schedule(
     transition_steps: ArrayLike,
     peak_value: ArrayLike,
@@ -943,6 +994,7 @@ def linear_onecycle_schedule(
     return _interpolated("linear", peak_value / div_factor, boundaries, scales)
 
 
+@_refuse_non_finite("peak_value")
 def cosine_onecycle_schedule(
     transition_steps: ArrayLike,
     peak_value: ArrayLike,
@@ -1025,3 +1077,14 @@ def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, ArrayLike]]) -> Schedule:
         end = end + kwargs["decay_steps"]
         boundaries.append(end)
     return join_schedules(schedules, boundaries[:-1])
+
+
+# Imported last: the injection wrappers build on the transforms, not on this module.
+from jaxopt_lite.base import StatefulSchedule  # noqa: E402
+from jaxopt_lite.wrappers.hyperparams import (  # noqa: E402
+    InjectHyperparamsState,
+    InjectStatefulHyperparamsState,
+    WrappedSchedule,
+    inject_hyperparams,
+    inject_stateful_hyperparams,
+)

@@ -5,8 +5,6 @@ require both trees to have the same structure and say so clearly when they do
 not. Results keep the dtype of the first tree unless a dtype is given.
 """
 
-from __future__ import annotations
-
 import builtins
 import functools
 from typing import Any
@@ -15,9 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxopt_lite import numerics as _numerics
+from jaxopt_lite.numerics import safe_increment
+
 Tree = Any
 
-_INT32_MAX = np.iinfo(np.int32).max
+
+def _is_none(x: Any) -> bool:
+    return x is None
 
 
 def _describe(tree: Tree) -> str:
@@ -54,7 +57,10 @@ def check_floating(params: Tree, owner: str) -> None:
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
                 f"{owner}: parameter {jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}; "
-                "optimizer state needs floating-point parameters (cast them, or mask them out)"
+                "optimizer state needs floating-point parameters (Optax would silently round their updates). "
+                "Cast it to a float dtype, or keep it out of the optimizer: "
+                "masked(tx, mask) with mask False for it (e.g. mask=lambda p: jax.tree.map("
+                "lambda x: jnp.issubdtype(x.dtype, jnp.floating), p)), or partition(...) with set_to_zero()"
             )
 
 
@@ -63,9 +69,11 @@ def _map2(fn, a: Tree, b: Tree, names=("a", "b")) -> Tree:
     return jax.tree.map(fn, a, b)
 
 
-def add(a: Tree, b: Tree) -> Tree:
-    """``a + b``."""
-    return _map2(lambda x, y: x + y, a, b)
+def add(a: Tree, b: Tree, *others: Tree) -> Tree:
+    """``a + b + ...``: the sum of two or more trees, leaf by leaf."""
+    for i, other in enumerate((b, *others)):
+        check_same_structure(a, other, "first tree", f"tree {i + 2}")
+    return jax.tree.map(lambda x, *rest: builtins.sum(rest, x), a, b, *others)
 
 
 def sub(a: Tree, b: Tree) -> Tree:
@@ -89,8 +97,16 @@ def scale(scalar: Any, tree: Tree) -> Tree:
 
 
 def add_scale(a: Tree, scalar: Any, b: Tree) -> Tree:
-    """``a + scalar * b``, each leaf in the dtype of ``a``."""
-    return _map2(lambda x, y: (x + scalar * y).astype(x.dtype), a, b)
+    """``a + scalar * b``, each leaf in the dtype of ``a`` (``None`` leaves of ``a`` stay ``None``)."""
+    if jax.tree.structure(a, is_leaf=_is_none) != jax.tree.structure(b, is_leaf=_is_none):
+        check_same_structure(a, b, "a", "b")
+
+    def leaf(x, y):
+        if x is None:
+            return None
+        return jnp.asarray(x + scalar * y).astype(jnp.result_type(x))
+
+    return jax.tree.map(leaf, a, b, is_leaf=_is_none)
 
 
 def vdot(a: Tree, b: Tree) -> jax.Array:
@@ -100,9 +116,18 @@ def vdot(a: Tree, b: Tree) -> jax.Array:
     return builtins.sum(parts, jnp.zeros([], _accumulation_dtype(a)))
 
 
-def sum(tree: Tree) -> jax.Array:  # noqa: A001 - mirrors optax.tree.sum
-    """The sum of all elements of all leaves."""
-    return builtins.sum((jnp.sum(x) for x in jax.tree.leaves(tree)), jnp.zeros([], _accumulation_dtype(tree)))
+def sum(tree: Tree, associative_reduction: bool = False) -> jax.Array:  # noqa: A001 - mirrors optax.tree.sum
+    """The sum of all elements of all leaves.
+
+    ``associative_reduction=True`` adds the per-leaf sums as a balanced tree
+    (``jax.tree.reduce_associative``): faster to compile for many leaves, and
+    possibly different in the last bits.
+    """
+    zero = jnp.zeros([], _accumulation_dtype(tree))
+    sums = [jnp.sum(x) for x in jax.tree.leaves(tree)]
+    if associative_reduction and sums:
+        return zero + jax.tree.reduce_associative(lambda x, y: x + y, sums)
+    return builtins.sum(sums, zero)
 
 
 def _accumulation_dtype(tree: Tree):
@@ -113,31 +138,26 @@ def _accumulation_dtype(tree: Tree):
     return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
 
 
-def _max_abs(leaves: list, dtype: Any) -> jax.Array:
-    """``max |x|`` over all leaves (0 if all are empty); traceable (no Python comparison of arrays)."""
-    return functools.reduce(jnp.maximum, (jnp.max(jnp.abs(x)) for x in leaves if x.size), jnp.zeros([], dtype))
+def norm(tree: Tree, ord: int | str | None = 2, squared: bool = False) -> jax.Array:  # noqa: A002
+    """The norm of all leaves taken as one vector (``ord`` in ``None`` (= 2), 1, 2, ``inf``).
 
-
-def norm(tree: Tree, ord: int | str = 2, squared: bool = False) -> jax.Array:  # noqa: A002
-    """The norm of all leaves taken as one vector (``ord`` in 1, 2, ``inf``)."""
-    dtype = _accumulation_dtype(tree)
-    leaves = [jnp.asarray(x, dtype) for x in jax.tree.leaves(tree)]
-    if ord == 2:
-        sq = builtins.sum((jnp.sum(jnp.square(x)) for x in leaves), jnp.zeros([], dtype))
+    A real number for complex leaves (``|z|``, never ``z**2``), accumulated in at
+    least float32. The 2-norm is overflow-safe (see :func:`jaxopt_lite.numerics.global_norm`)
+    and its derivative at 0 is 0.
+    """
+    leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree)]
+    dtype = _numerics.accumulation_dtype(leaves)
+    if ord is None or ord == 2:
         if squared:
-            return sq
-
-        def rescaled():  # ||x|| = s * ||x / s|| with s = max |x|: the squares cannot overflow
-            s = _max_abs(leaves, dtype)
-            safe = jnp.where(s > 0, s, 1)
-            return safe * jnp.sqrt(builtins.sum((jnp.sum(jnp.square(x / safe)) for x in leaves), jnp.zeros([], dtype)))
-
-        return jax.lax.cond(jnp.isfinite(sq), lambda: jnp.sqrt(sq), rescaled)
+            return builtins.sum((jnp.sum(_numerics.abs_sq(x.astype(jnp.promote_types(x.dtype, dtype))))
+                                 for x in leaves), jnp.zeros([], dtype)).astype(dtype)
+        return _numerics.global_norm(leaves, dtype)
     if ord == 1:
-        return builtins.sum((jnp.sum(jnp.abs(x)) for x in leaves), jnp.zeros([], dtype))
-    if ord in ("inf", np.inf, jnp.inf):
-        return _max_abs(leaves, dtype)
-    raise ValueError(f"tree.norm: ord must be 1, 2 or 'inf', got {ord!r}")
+        return builtins.sum((jnp.sum(jnp.abs(x)).astype(dtype) for x in leaves), jnp.zeros([], dtype))
+    if ord in ("inf", "infinity", np.inf, jnp.inf):
+        return functools.reduce(jnp.maximum, (jnp.max(jnp.abs(x)).astype(dtype) for x in leaves if x.size),
+                                jnp.zeros([], dtype))
+    raise ValueError(f"tree.norm: ord must be None, 1, 2 or 'inf', got {ord!r}")
 
 
 def global_norm(tree: Tree) -> jax.Array:
@@ -188,42 +208,376 @@ def clip(tree: Tree, min_value: Any = None, max_value: Any = None) -> Tree:
     return jax.tree.map(lambda x: jnp.clip(x, min_value, max_value).astype(x.dtype), tree)
 
 
+def _map_moments(leaf, updates: Tree, moments: Tree) -> Tree:
+    """Maps ``leaf(g, m)`` over updates and moments; a ``None`` update (or moment) gives ``None``."""
+    if jax.tree.structure(updates, is_leaf=_is_none) != jax.tree.structure(moments, is_leaf=_is_none):
+        check_same_structure(updates, moments, "updates", "moments")
+    return jax.tree.map(
+        lambda g, m: None if g is None or m is None else leaf(g, m), updates, moments, is_leaf=_is_none
+    )
+
+
 def update_moment(updates: Tree, moments: Tree, decay: Any, order: int) -> Tree:
     """``decay * m + (1 - decay) * u**order``, in each moment's dtype."""
-    return _map2(
-        lambda g, m: (decay * m + (1.0 - decay) * (g**order)).astype(m.dtype), updates, moments, ("updates", "moments")
+    return _map_moments(
+        lambda g, m: jnp.asarray(decay * m + (1.0 - decay) * (g**order)).astype(jnp.result_type(m)), updates, moments
     )
 
 
 def update_moment_per_elem_norm(updates: Tree, moments: Tree, decay: Any, order: int) -> Tree:
-    """``decay * m + (1 - decay) * |u|**order`` (squares ``|u|`` for complex inputs)."""
+    """``decay * m + (1 - decay) * |u|**order``: ``|u|**2`` is ``u * conj(u)``, real for complex ``u``."""
 
     def leaf(g, m):
-        mag = jnp.abs(g)
-        return (decay * m + (1.0 - decay) * (mag**order)).astype(m.dtype)
+        if order == 2:
+            mag = _numerics.abs_sq(g)
+        else:
+            mag = jnp.abs(g) ** order
+        return jnp.asarray(decay * m + (1.0 - decay) * mag).astype(jnp.result_type(m))
 
-    return _map2(leaf, updates, moments, ("updates", "moments"))
+    return _map_moments(leaf, updates, moments)
 
 
 def update_infinity_moment(updates: Tree, moments: Tree, decay: Any, eps: Any) -> Tree:
     """``max(decay * m, |u| + eps)``, the exponentially weighted infinity norm (AdaMax)."""
-    return _map2(
-        lambda g, m: jnp.maximum(decay * m, jnp.abs(g) + eps).astype(m.dtype), updates, moments, ("updates", "moments")
-    )
+
+    def leaf(g, m):
+        out = jnp.maximum(jnp.real(decay * m) if jnp.iscomplexobj(m) else decay * m, jnp.abs(g) + eps)
+        return out.astype(jnp.result_type(m))
+
+    return _map_moments(leaf, updates, moments)
 
 
-def bias_correction(moments: Tree, decay: Any, count: jax.Array) -> Tree:
-    """``m / (1 - decay**count)``, the debiasing of an EMA started at zero."""
-    correction = 1.0 - decay ** count.astype(jnp.result_type(float))
-    return jax.tree.map(lambda m: (m / correction).astype(m.dtype), moments)
+def bias_correction(moments: Tree, decay: Any, count: Any) -> Tree:
+    """``m / (1 - decay**count)``, the debiasing of an EMA started at zero.
 
-
-def safe_increment(count: jax.Array) -> jax.Array:
-    """``count + 1`` for an int32 step counter, saturating at the largest int32."""
+    ``count`` may be an integer array or a Python number; the correction is
+    formed in at least float32 (``decay**count`` rounds to 1 in bfloat16) and the
+    division runs in each moment's dtype.
+    """
     count = jnp.asarray(count)
-    return jnp.where(count < _INT32_MAX, count + 1, _INT32_MAX).astype(count.dtype)
+    decay = jnp.asarray(decay)
+    dtype = jnp.promote_types(jnp.result_type(float), decay.dtype)
+    correction = 1.0 - decay.astype(dtype) ** count.astype(dtype)
+
+    def leaf(m):
+        if m is None:
+            return None
+        dtype = jnp.result_type(m)
+        return (jnp.asarray(m) / correction).astype(dtype)
+
+    return jax.tree.map(leaf, moments, is_leaf=_is_none)
 
 
 def zero_count() -> jax.Array:
     """A fresh int32 step counter."""
     return jnp.zeros([], jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Optax's remaining `optax.tree` functions: reductions, dtypes, random trees, and search/replace in optimizer states.
+# (Names shadow the builtins `max`, `min`, `set` below this point in this module; code above uses `builtins.*`.)
+# ---------------------------------------------------------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+import inspect  # noqa: E402
+import operator  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+
+def allclose(a: Tree, b: Tree, rtol: Any = 1e-05, atol: Any = 1e-08, equal_nan: bool = False) -> jax.Array:
+    """Whether every leaf of ``a`` is close to the matching leaf of ``b`` (see :func:`jax.numpy.allclose`)."""
+    check_same_structure(a, b, "a", "b")
+    close = [jnp.allclose(x, y, rtol=rtol, atol=atol, equal_nan=equal_nan) for x, y in zip(jax.tree.leaves(a),
+                                                                                             jax.tree.leaves(b))]
+    return functools.reduce(operator.and_, close, jnp.asarray(True))
+
+
+def batch_shape(tree: Tree, shape: tuple[int, ...] = ()) -> Tree:
+    """Broadcasts every leaf to ``(*shape, *leaf.shape)`` (adds leading batch axes)."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (*shape, *jnp.shape(x))), tree)
+
+
+def conj(tree: Tree) -> Tree:
+    """The complex conjugate of every leaf."""
+    return jax.tree.map(jnp.conj, tree)
+
+
+def real(tree: Tree) -> Tree:
+    """The real part of every leaf."""
+    return jax.tree.map(jnp.real, tree)
+
+
+def size(tree: Tree) -> int:
+    """The total number of elements over all leaves."""
+    return builtins.sum(int(jnp.size(x)) for x in jax.tree.leaves(tree))
+
+
+def max(tree: Tree) -> jax.Array:  # noqa: A001 - mirrors optax.tree.max
+    """The largest element over all leaves (``-inf`` if there is none)."""
+    maxima = [jnp.max(x) for x in jax.tree.leaves(tree) if jnp.size(x)]
+    return functools.reduce(jnp.maximum, maxima, jnp.asarray(-jnp.inf))
+
+
+def min(tree: Tree) -> jax.Array:  # noqa: A001 - mirrors optax.tree.min
+    """The smallest element over all leaves (``inf`` if there is none)."""
+    minima = [jnp.min(x) for x in jax.tree.leaves(tree) if jnp.size(x)]
+    return functools.reduce(jnp.minimum, minima, jnp.asarray(jnp.inf))
+
+
+def _lower_dtype(d1: Any, d2: Any) -> Any:
+    """The dtype that promotes to the other one."""
+    promoted = jnp.promote_types(d1, d2)
+    if promoted == d2:
+        return d1
+    if promoted == d1:
+        return d2
+    raise ValueError(f"tree.dtype: neither of {d1} and {d2} promotes to the other, so neither is lower or higher")
+
+
+def _higher_dtype(d1: Any, d2: Any) -> Any:
+    return d2 if _lower_dtype(d1, d2) == d1 else d1
+
+
+def dtype(tree: Tree, mixed_dtype_handler: str | None = None) -> Any:
+    """The dtype of the leaves of ``tree``.
+
+    With mixed dtypes, ``mixed_dtype_handler`` decides: ``None`` raises ``ValueError``, ``'promote'``
+    returns their :func:`jax.numpy.promote_types`, ``'highest'`` / ``'lowest'`` the largest / smallest under the
+    order "``a <= b`` iff ``a`` promotes to ``b``" (an error when two leaves are not comparable). An empty tree
+    has JAX's default float dtype.
+    """
+    if mixed_dtype_handler not in (None, "promote", "highest", "lowest"):
+        raise ValueError(
+            f"tree.dtype: mixed_dtype_handler must be None, 'promote', 'highest' or 'lowest', "
+            f"got {mixed_dtype_handler!r}"
+        )
+    paths_and_leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not paths_and_leaves:
+        return jnp.asarray([]).dtype
+    dtypes = [jnp.asarray(x).dtype for _, x in paths_and_leaves]
+    if mixed_dtype_handler is None:
+        mismatched = [
+            f"Expected dtype={dtypes[0]} for {jax.tree_util.keystr(path)} but got {d}."
+            for (path, _), d in zip(paths_and_leaves, dtypes)
+            if d != dtypes[0]
+        ]
+        if mismatched:
+            raise ValueError("tree.dtype: the leaves have several dtypes (pass mixed_dtype_handler):\n"
+                             + "\n".join(mismatched))
+        return dtypes[0]
+    combine = {"promote": jnp.promote_types, "highest": _higher_dtype, "lowest": _lower_dtype}[mixed_dtype_handler]
+    return functools.reduce(combine, dtypes)
+
+
+def split_key_like(rng_key: jax.Array, target_tree: Tree) -> Tree:
+    """One independent key per leaf of ``target_tree``, in a tree of the same structure."""
+    treedef = jax.tree.structure(target_tree)
+    return jax.tree.unflatten(treedef, list(jax.random.split(rng_key, treedef.num_leaves)))
+
+
+def random_like(
+    rng_key: jax.Array,
+    target_tree: Tree,
+    sampler: Callable[..., jax.Array] = jax.random.normal,
+    dtype: Any = None,
+) -> Tree:
+    """A tree shaped like ``target_tree`` with entries drawn by ``sampler(key, shape, dtype)``.
+
+    Each leaf gets its own key (:func:`split_key_like`); ``dtype`` defaults to each leaf's dtype. A sampler that
+    takes ``out_sharding`` is given each leaf's sharding.
+    """
+    keys = split_key_like(rng_key, target_tree)
+    try:
+        takes_sharding = "out_sharding" in inspect.signature(sampler).parameters
+    except (TypeError, ValueError):
+        takes_sharding = False
+
+    def draw(leaf, key):
+        leaf_dtype = dtype or leaf.dtype
+        if takes_sharding:
+            return sampler(key, leaf.shape, leaf_dtype, out_sharding=jax.typeof(leaf).sharding)
+        return sampler(key, leaf.shape, leaf_dtype)
+
+    return jax.tree.map(draw, target_tree, keys)
+
+
+def unwrap_random_key_data(input_tree: Tree) -> Tree:
+    """Replaces typed PRNG keys (``jax.random.key``) by their raw ``key_data``, so trees can be compared."""
+
+    def unwrap(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.key_data(x)
+        return x
+
+    return jax.tree.map(unwrap, input_tree)
+
+
+# --- search and replace by name in optimizer states -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedTupleKey:
+    """A path entry for the field ``name`` of a NamedTuple of class ``tuple_name``.
+
+    The paths given to ``filtering`` by :func:`get_all_with_path`, :func:`get` and :func:`set` use it for
+    NamedTuple fields, so a filter can tell apart same-named fields of different states
+    (``ScaleByAdamState.count`` from ``ScaleByScheduleState.count``).
+    """
+
+    tuple_name: str
+    name: str
+
+    def __str__(self):
+        return f"{self.tuple_name}.{self.name}"
+
+
+def _is_named_tuple(node: Any) -> bool:
+    return isinstance(node, tuple) and hasattr(node, "_fields")
+
+
+def _has_any_key(node: Any, keys: tuple) -> bool:
+    """Whether ``node`` is a NamedTuple named or having a field in ``keys``, or a dict with a key in ``keys``."""
+    if _is_named_tuple(node):
+        return type(node).__name__ in keys or builtins.any(k in node._fields for k in keys)
+    return isinstance(node, dict) and builtins.any(k in node for k in keys)
+
+
+def _named_children(path: tuple, node: Any) -> list[tuple[tuple, Any]]:
+    """The children of a NamedTuple (with :class:`NamedTupleKey` entries) or of a dict, with their paths."""
+    if _is_named_tuple(node):
+        return [((*path, NamedTupleKey(type(node).__name__, f)), getattr(node, f)) for f in node._fields]
+    return [((*path, jax.tree_util.DictKey(k)), v) for k, v in node.items()]
+
+
+def _generic_children(node: Any) -> tuple[list[tuple[tuple, Any]], Any]:
+    """One level of any pytree node: ``([(entry, child), ...], treedef)``; no children for a leaf."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    if treedef == jax.tree.structure(0):  # ``node`` itself is a leaf
+        return [], treedef
+    return flat, treedef
+
+
+def _outermost_with_key(path: tuple, node: Any, keys: tuple) -> list[tuple[tuple, Any]]:
+    """The nodes having one of ``keys`` (see :func:`_has_any_key`), not looking inside them, in tree order."""
+    if _has_any_key(node, keys):
+        return [(path, node)]
+    if _is_named_tuple(node):
+        children = _named_children(path, node)
+    else:
+        children = [((*path, *entry), child) for entry, child in _generic_children(node)[0]]
+    return [found for child_path, child in children for found in _outermost_with_key(child_path, child, keys)]
+
+
+def _get_all(path: tuple, tree: Tree, key: Any) -> list[tuple[tuple, Any]]:
+    subtrees = _outermost_with_key(path, tree, (key,))
+    found = []
+    for node_path, node in subtrees:
+        if _is_named_tuple(node) and type(node).__name__ == key:
+            found.append((node_path, node))
+        elif _is_named_tuple(node):
+            found.append(((*node_path, NamedTupleKey(type(node).__name__, key)), getattr(node, key)))
+        else:
+            found.append(((*node_path, jax.tree_util.DictKey(key)), node[key]))
+    for node_path, node in subtrees:  # matches nested inside the matches
+        for child_path, child in _named_children(node_path, node):
+            found += _get_all(child_path, child, key)
+    return found
+
+
+def get_all_with_path(
+    tree: Tree, key: Any, filtering: Callable[[tuple, Any], bool] | None = None
+) -> list[tuple[tuple, Any]]:
+    """Every ``(path, value)`` in ``tree`` found under ``key``.
+
+    ``key`` matches a dict key, a NamedTuple field, or the class name of a NamedTuple (then the value is the
+    NamedTuple itself). Matches nested inside matches are found too; outer matches come first. Paths are tuples
+    of JAX key entries, with a :class:`NamedTupleKey` for each NamedTuple field (``jax.tree_util.keystr`` prints
+    them). ``filtering(path, value)`` keeps only the pairs it returns ``True`` for.
+    """
+    found = _get_all((), tree, key)
+    if filtering is not None:
+        found = [(path, value) for path, value in found if filtering(path, value)]
+    return found
+
+
+def get(tree: Tree, key: Any, default: Any = None, filtering: Callable[[tuple, Any], bool] | None = None) -> Any:
+    """The one value of ``tree`` under ``key`` (see :func:`get_all_with_path`), or ``default`` if there is none.
+
+    Example: ``tree.get(adam_state, "count")``. Raises ``KeyError`` if several values match: narrow them with
+    ``filtering(path, value)``, e.g. by the NamedTuple name in the path's last :class:`NamedTupleKey`.
+    """
+    found = get_all_with_path(tree, key, filtering=filtering)
+    if len(found) > 1:
+        where = ", ".join(jax.tree_util.keystr(path) for path, _ in found)
+        raise KeyError(f"tree.get: found {len(found)} values for {key!r} (at {where}); pass filtering to pick one")
+    return found[0][1] if found else default
+
+
+def set(tree: Tree, filtering: Callable[[tuple, Any], bool] | None = None, /, **kwargs: Any) -> Tree:  # noqa: A001
+    """A copy of ``tree`` where every value under a key of ``kwargs`` is replaced by ``kwargs[key]``.
+
+    Keys match as in :func:`get_all_with_path` (dict keys, NamedTuple fields, NamedTuple class names), and only
+    where ``filtering(path, value)`` holds, if given. Example: ``tree.set(state, learning_rate=jnp.asarray(0.1))``.
+    Raises ``KeyError`` naming a key that matches nothing.
+    """
+    for key in kwargs:
+        if not get_all_with_path(tree, key, filtering):
+            condition = " given the filtering" if filtering is not None else ""
+            raise KeyError(f"tree.set: found no value for {key!r}{condition} in the tree {_describe(tree)}")
+    accept = filtering if filtering is not None else (lambda path, value: True)
+
+    def replace(path, node):
+        if _is_named_tuple(node) and type(node).__name__ in kwargs and accept(path, node):
+            return kwargs[type(node).__name__]
+        if _is_named_tuple(node) or isinstance(node, dict):
+            new = {}
+            for child_path, child in _named_children(path, node):
+                name = _key_name(child_path[-1])
+                new[name] = kwargs[name] if name in kwargs and accept(child_path, child) else replace(child_path, child)
+            return node._replace(**new) if _is_named_tuple(node) else type(node)(new)
+        children, treedef = _generic_children(node)
+        if not children:
+            return node
+        return treedef.unflatten([replace((*path, *entry), child) for entry, child in children])
+
+    return replace((), tree)
+
+
+def _key_name(entry: Any) -> Any:
+    if isinstance(entry, NamedTupleKey):
+        return entry.name
+    return entry.key  # DictKey
+
+
+class _ParamsPlaceholder:
+    """A pytree with no leaves standing for the parameters in :func:`map_params`."""
+
+
+jax.tree_util.register_pytree_node(_ParamsPlaceholder, lambda p: ((), None), lambda aux, children: _ParamsPlaceholder())
+
+
+def map_params(
+    initable: Any,
+    f: Callable[..., Any],
+    state: Tree,
+    /,
+    *rest: Any,
+    transform_non_params: Callable[..., Any] | None = None,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> Tree:
+    """Maps ``f`` over every copy of the parameter tree inside an optimizer ``state``.
+
+    ``initable`` is the optimizer (or its ``init``): it is initialised on a placeholder to find which parts of
+    the state are parameter-shaped (moments, traces, ...). On those, ``f(leaf, *rest_leaves)`` is mapped leaf
+    by leaf (``rest`` are trees shaped like the parameters, e.g. their sharding specs); every other part is
+    passed to ``transform_non_params`` if given, else kept. ``is_leaf`` goes to :func:`jax.tree.map`.
+    """
+    init = initable.init if hasattr(initable, "init") else initable
+    template = init(_ParamsPlaceholder())
+
+    def map_part(template_part, value):
+        if isinstance(template_part, _ParamsPlaceholder):
+            return jax.tree.map(f, value, *rest, is_leaf=is_leaf)
+        return transform_non_params(value) if transform_non_params is not None else value
+
+    return jax.tree.map(map_part, template, state, is_leaf=lambda x: isinstance(x, _ParamsPlaceholder))

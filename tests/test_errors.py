@@ -419,7 +419,9 @@ def test_add_noise_rejects_key_and_seed():
         (lambda: sch.warmup_cosine_decay_schedule(0.0, 1.0, 10, 10), r"warmup_steps must be < decay_steps"),
         (lambda: sch.warmup_cosine_decay_schedule(0.0, 1.0, -1, 10), r"warmup_steps"),
         (lambda: sch.cosine_decay_schedule(1.0, 0), r"decay_steps"),
-        (lambda: sch.linear_schedule(1.0, 0.0, -5), r"transition_steps"),
+        # linear_schedule(1.0, 0.0, -5) is no longer an error (issue 14): as in Optax it is the constant 1.0,
+        # with a warning (tests/test_compat.py). A non-finite transition_steps still is.
+        (lambda: sch.linear_schedule(1.0, 0.0, float("inf")), r"transition_steps must be finite"),
         (lambda: sch.exponential_decay(1.0, 10, -0.5), r"decay_rate"),
         (lambda: sch.exponential_decay(1.0, 10, 0.5, transition_begin=-1), r"transition_begin"),
         (

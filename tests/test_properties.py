@@ -55,6 +55,44 @@ def _clip_adam_schedule(
 
 ADAM_HPS = ("learning_rate", "b1", "b2", "eps", "eps_root")
 
+
+# --- parameter-free and contrib optimizers: wrappers exposing every float as a keyword ---
+def _prodigy(learning_rate=LR, b1=0.9, b2=0.999, **kwargs):
+    return jol.contrib.prodigy(learning_rate, betas=(b1, b2), **kwargs)
+
+
+def _dadapt_adamw(learning_rate=LR, b1=0.9, b2=0.999, **kwargs):
+    return jol.contrib.dadapt_adamw(learning_rate, betas=(b1, b2), **kwargs)
+
+
+def _dog(learning_rate=LR, reps_rel=1e-2, **kwargs):
+    return jol.contrib.dog(learning_rate, init_step=("heuristic", reps_rel), **kwargs)
+
+
+def _ldog(learning_rate=LR, reps_rel=1e-2, eps=1e-8):
+    return jol.chain(jol.scale_by_distance_over_gradients(reps_rel, eps, param_dtype=None), jol.scale(-learning_rate))
+
+
+def _mechanize_sgd(learning_rate=LR, **kwargs):
+    return jol.contrib.mechanize(jol.sgd(learning_rate), **kwargs)
+
+
+def _momo_given_value(alias):
+    """MoMo fed ``value=0.025 ||g||^2`` (a tenth of the quadratic's loss), so the Polyak step is below the cap."""
+
+    def build(learning_rate=LR, **kwargs):
+        opt = alias(learning_rate, **kwargs)
+
+        def update(updates, state, params=None):
+            return opt.update(updates, state, params, value=0.025 * jol.tree.norm(updates, squared=True))
+
+        return jol.GradientTransformation(opt.init, update)
+
+    return build
+
+
+# --- end parameter-free and contrib wrappers ---
+
 # name -> (constructor, fixed keyword arguments, numeric hyperparameters to sweep)
 OPTIMIZERS = {
     "sgd": (jol.sgd, {}, ("learning_rate",)),
@@ -97,6 +135,52 @@ OPTIMIZERS = {
         {"weight_decay": 0.01},
         ("learning_rate", "weight_decay", "trust_coefficient", "eps", "momentum"),
     ),
+    # --- adopt, ademamix, simplified_ademamix (contrib) ---
+    "adopt": (jol.contrib.adopt, {}, ("learning_rate", "b1", "b2", "eps")),
+    "ademamix": (jol.contrib.ademamix, {"weight_decay": 0.01}, ADAM_HPS + ("b3", "alpha", "weight_decay")),
+    "simplified_ademamix": (
+        jol.contrib.simplified_ademamix,
+        {"weight_decay": 0.01},
+        ("learning_rate", "b1", "b2", "alpha", "eps", "eps_root", "weight_decay"),
+    ),
+    # --- end adopt, ademamix, simplified_ademamix ---
+    # --- parameter-free and contrib optimizers (schedule-free, prodigy, dadapt, dog, mechanic, cocob, ...) ---
+    "schedule_free_sgd": (
+        jol.contrib.schedule_free_sgd,
+        {"warmup_steps": 2, "weight_decay": 0.01},  # a warmup, so that weight_lr_power matters
+        ("learning_rate", "b1", "weight_decay", "weight_lr_power"),
+    ),
+    "schedule_free_adamw": (
+        jol.contrib.schedule_free_adamw,
+        {"warmup_steps": 2, "weight_decay": 0.01},
+        ("learning_rate", "b1", "b2", "eps", "weight_decay", "weight_lr_power"),
+    ),
+    "prodigy": (
+        _prodigy,
+        {"weight_decay": 0.01},
+        ("learning_rate", "b1", "b2", "beta3", "eps", "estim_lr0", "estim_lr_coef", "weight_decay"),
+    ),
+    "dadapt_adamw": (
+        _dadapt_adamw, {"weight_decay": 0.01}, ("learning_rate", "b1", "b2", "eps", "estim_lr0", "weight_decay")
+    ),
+    "dog": (_dog, {"weight_decay": 0.01}, ("learning_rate", "reps_rel", "eps", "weight_decay")),
+    "dowg": (jol.contrib.dowg, {"weight_decay": 0.01}, ("learning_rate", "init_estim_sq_dist", "eps", "weight_decay")),
+    "ldog": (_ldog, {}, ("learning_rate", "reps_rel", "eps")),
+    "mechanize_sgd": (_mechanize_sgd, {}, ("learning_rate", "weight_decay", "eps", "s_init")),
+    "cocob": (jol.contrib.cocob, {"weight_decay": 0.01}, ("learning_rate", "alpha", "eps", "weight_decay")),
+    "momo": (
+        _momo_given_value(jol.contrib.momo),
+        {"weight_decay": 0.01},
+        ("learning_rate", "beta", "lower_bound", "weight_decay"),
+    ),
+    "momo_adam": (
+        _momo_given_value(jol.contrib.momo_adam),
+        {"weight_decay": 0.01},
+        ("learning_rate", "b1", "b2", "eps", "lower_bound", "weight_decay"),
+    ),
+    "acprop": (jol.contrib.acprop, {"weight_decay": 0.01}, ADAM_HPS + ("weight_decay",)),
+    "madgrad": (jol.contrib.madgrad, {"weight_decay": 0.01}, ("learning_rate", "momentum", "weight_decay", "eps")),
+    # --- end parameter-free and contrib optimizers ---
     "chain_clip_adam_schedule": (
         _clip_adam_schedule,
         {},
@@ -129,6 +213,18 @@ SWEEP = {
     "end_value": [0.0, 0.001, 0.01],
     "warmup_steps": [0, 2, 4],
     "decay_steps": [5, 8, 12],
+    "b3": [0.9, 0.99, 0.9999],  # ademamix's slow EMA
+    "alpha": [0.0, 2.0, 5.0],  # ademamix's mixing weight
+    # --- parameter-free and contrib optimizers ---
+    "weight_lr_power": [0.0, 2.0, 4.0],  # schedule-free
+    "beta3": [0.9, 0.99, 0.999],  # prodigy
+    "estim_lr0": [1e-6, 1e-3, 1e-1],  # prodigy, dadapt_adamw
+    "estim_lr_coef": [0.5, 1.0, 2.0],
+    "reps_rel": [1e-4, 1e-2, 1e-1],  # dog, ldog
+    "init_estim_sq_dist": [1e-4, 1e-2, 1.0],  # dowg
+    "s_init": [1e-8, 1e-6, 1e-2],  # mechanize
+    "lower_bound": [-1.0, -0.5, 0.0],  # momo
+    # --- end parameter-free and contrib optimizers ---
 }
 STEP_COUNT_HPS = {"warmup_steps", "decay_steps"}
 # The value a one-at-a-time sweep changes a hyperparameter to: SWEEP[hp][2], unless that

@@ -28,6 +28,16 @@ def test_python_examples_run_and_train():
     assert losses.shape == (64,) and np.all(np.isfinite(losses))
 
 
+def test_each_python_block_runs_on_its_own():
+    """A reader copies one block: it must run in a fresh interpreter namespace, with its own imports and data."""
+    for i, block in enumerate(_code_blocks("python")):
+        namespace = {"__name__": f"readme_block_{i}"}
+        try:
+            exec(compile(block, f"README.md (python block {i + 1})", "exec"), namespace)  # noqa: S102
+        except NameError as exc:
+            raise AssertionError(f"README python block {i + 1} does not run on its own: {exc}\n{block}") from exc
+
+
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     quick_start = _code_blocks("bash")[0].splitlines()

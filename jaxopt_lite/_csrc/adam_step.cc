@@ -28,7 +28,10 @@ void Step(const Hyper h, const float* g, float* p, float* m, float* v, int64_t b
     const float gi = g[i] * h.gscale;
     const float mi = h.b1 * m[i] + c1 * gi;
     const float vi = h.b2 * v[i] + c2 * (gi * gi);
-    const float dir = (mi * h.inv_bc1) / (std::sqrt(vi * h.inv_bc2 + h.eps_root) + h.eps);
+    const float denom = std::sqrt(vi * h.inv_bc2 + h.eps_root) + h.eps;
+    // 0 where denom == 0 (eps == 0 and every gradient so far 0, so mi == 0 too): 0/0 would be NaN.
+    // A select, not a branch: the loop still vectorizes.
+    const float dir = denom > 0.0f ? (mi * h.inv_bc1) / denom : 0.0f;
     p[i] = p[i] - h.lr * (dir + h.wd * p[i]);
     m[i] = mi;
     v[i] = vi;

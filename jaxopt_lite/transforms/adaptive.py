@@ -13,8 +13,6 @@ The outputs are directions: chain them with ``scale_by_learning_rate`` (the
 aliases in :mod:`jaxopt_lite.aliases` do) to take a descent step.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax
@@ -22,6 +20,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
+from jaxopt_lite.numerics import abs_sq, safe_div, safe_sqrt
 from jaxopt_lite.base import GradientTransformation
 
 
@@ -85,6 +84,14 @@ class ScaleByLionState(NamedTuple):
     mu: Any
 
 
+class ScaleByBeliefState(NamedTuple):
+    """Step count, first moment ``mu`` and the second moment of the surprise ``nu`` (AdaBelief)."""
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
 def _check_betas(owner: str, **betas: Any) -> None:
     for name, value in betas.items():
         _checks.check_decay(owner, name, value)
@@ -118,16 +125,20 @@ def _nesterov_first_moment(updates: Any, mu: Any, b1: Any, count: jax.Array) -> 
     return jax.tree.map(lambda m, g: (b1 * m + (1.0 - b1) * g).astype(m.dtype), ahead, now)
 
 
-def _safe_div(n: jax.Array, denom: jax.Array) -> jax.Array:
-    """``n / denom``, with 0 where ``denom == 0`` (only when ``eps == 0`` and every past gradient was 0, so n == 0)."""
-    positive = denom > 0
-    return jnp.where(positive, n / jnp.where(positive, denom, 1), 0)
+_safe_div = safe_div  # moved to jaxopt_lite.numerics; the old private name is kept for modules that import it
+
+
+def _root(v: jax.Array, eps_root: Any = 0.0) -> jax.Array:
+    """``sqrt(v + eps_root)`` of a second moment (real even when stored in a complex dtype), with a finite
+    derivative at 0 (so meta-gradients stay finite where a gradient coordinate is exactly zero)."""
+    return safe_sqrt(jnp.real(v) + eps_root)
 
 
 def _ratio(numerators: Any, second: Any, eps: Any, eps_root: Any, like: Any) -> Any:
-    """``n / (sqrt(v + eps_root) + eps)``, leaf by leaf, in the dtype of ``like``."""
+    """``n / (sqrt(v + eps_root) + eps)``, leaf by leaf, in the dtype of ``like``; 0 where the denominator is 0
+    (only when ``eps == 0`` and every past gradient was 0, so ``n == 0``)."""
     return jax.tree.map(
-        lambda n, v, g: _safe_div(n, jnp.sqrt(v + eps_root) + eps).astype(g.dtype), numerators, second, like
+        lambda n, v, g: safe_div(n, _root(v, eps_root) + eps).astype(g.dtype), numerators, second, like
     )
 
 
@@ -215,7 +226,7 @@ def scale_by_nadam(
         nu_hat = _tree.bias_correction(nu, b2, count)
 
         def leaf(g, m, v):
-            return _safe_div(grad_coef * g + mom_coef * m, jnp.sqrt(v + eps_root) + eps).astype(g.dtype)
+            return safe_div(grad_coef * g + mom_coef * m, _root(v, eps_root) + eps).astype(g.dtype)
 
         out = jax.tree.map(leaf, updates, mu, nu_hat)
         return out, ScaleByNadamState(count=count, mu=mu, nu=nu, mu_product=mu_product.astype(state.mu_product.dtype))
@@ -266,15 +277,20 @@ def scale_by_amsgrad(
             return _tree.bias_correction(x, b2, count) if bias_correction_nu else x
 
         if max_over == "debiased":
-            nu_max = jax.tree.map(jnp.maximum, state.nu_max, debias_nu(nu))
+            nu_max = jax.tree.map(_real_maximum, state.nu_max, debias_nu(nu))
             denom_sq = nu_max
         else:
-            nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+            nu_max = jax.tree.map(_real_maximum, state.nu_max, nu)
             denom_sq = debias_nu(nu_max)
         new_state = ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
         return _ratio(mu_hat, denom_sq, eps, eps_root, updates), new_state
 
     return GradientTransformation(init, update)
+
+
+def _real_maximum(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``max(a, b)`` of second moments, which are real even when stored in a complex dtype."""
+    return jnp.maximum(jnp.real(a), jnp.real(b)).astype(a.dtype)
 
 
 def scale_by_adamax(
@@ -284,7 +300,8 @@ def scale_by_adamax(
 
     ``m <- b1 m + (1-b1) g``, ``u_inf <- max(b2 u_inf, |g| + eps)``,
     output ``m / (1 - b1^t) / u_inf``. ``eps`` inside the max (as Optax and
-    PyTorch) keeps the division safe for zero gradients.
+    PyTorch) keeps the division safe for zero gradients; with ``eps = 0`` a
+    coordinate whose gradients were all zero gets 0 (not ``0/0``).
     """
     _check_betas("scale_by_adamax", b1=b1, b2=b2)
     _check_eps("scale_by_adamax", eps=eps)
@@ -300,16 +317,16 @@ def scale_by_adamax(
         mu = _tree.update_moment(updates, state.mu, b1, 1)
         nu = _tree.update_infinity_moment(updates, state.nu, b2, eps)
         mu_hat = _tree.bias_correction(mu, b1, count)
-        out = jax.tree.map(lambda m, v, g: (m / v).astype(g.dtype), mu_hat, nu, updates)
+        out = jax.tree.map(lambda m, v, g: safe_div(m, jnp.real(v)).astype(g.dtype), mu_hat, nu, updates)
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
     return GradientTransformation(init, update)
 
 
 def _rms_divide(g: jax.Array, second: jax.Array, eps: Any, eps_in_sqrt: bool) -> jax.Array:
-    second = jnp.maximum(second, 0.0)  # a centered estimate can round below 0
-    denom = jnp.sqrt(second + eps) if eps_in_sqrt else jnp.sqrt(second) + eps
-    return _safe_div(g, denom).astype(g.dtype)
+    second = jnp.maximum(jnp.real(second), 0.0)  # a centered estimate can round below 0
+    denom = safe_sqrt(second + eps) if eps_in_sqrt else safe_sqrt(second) + eps
+    return safe_div(g, denom).astype(g.dtype)
 
 
 def scale_by_rms(
@@ -383,7 +400,7 @@ def scale_by_stddev(
             new_state = ScaleByRStdDevWithCountState(count, mu, nu)
         else:
             mu_hat, nu_hat, new_state = mu, nu, ScaleByRStdDevState(mu, nu)
-        out = jax.tree.map(lambda g, m, v: _rms_divide(g, v - jnp.square(m), eps, eps_in_sqrt), updates, mu_hat, nu_hat)
+        out = jax.tree.map(lambda g, m, v: _rms_divide(g, jnp.real(v) - abs_sq(m), eps, eps_in_sqrt), updates, mu_hat, nu_hat)
         return out, new_state
 
     return GradientTransformation(init, update)
@@ -394,7 +411,7 @@ def scale_by_rss(
 ) -> GradientTransformation:
     """AdaGrad's scaling (Duchi et al., 2011): divide by the root of the sum of squares.
 
-    ``s <- s + g^2`` (``s`` starts at ``initial_accumulator_value``); output
+    ``s <- s + |g|^2`` (``s`` starts at ``initial_accumulator_value``); output
     ``g / sqrt(s + eps)`` where ``s > 0``, else 0. ``eps`` is inside the root.
     """
     _check_eps("scale_by_rss", initial_accumulator_value=initial_accumulator_value, eps=eps)
@@ -406,9 +423,10 @@ def scale_by_rss(
     def update(updates, state, params=None):
         del params
         _tree.check_same_shapes(updates, state.sum_of_squares, "updates", "scale_by_rss state")
-        sos = jax.tree.map(lambda g, s: (s + jnp.square(g)).astype(s.dtype), updates, state.sum_of_squares)
+        sos = jax.tree.map(lambda g, s: (s + abs_sq(g)).astype(s.dtype), updates, state.sum_of_squares)
 
         def leaf(g, s):
+            s = jnp.real(s)
             positive = s > 0
             inv = jnp.where(positive, jax.lax.rsqrt(jnp.where(positive, s, 1.0) + eps), 0.0)
             return (g * inv).astype(g.dtype)
@@ -496,15 +514,36 @@ def scale_by_radam(
     return GradientTransformation(init, update)
 
 
+_LION_MODES = ("hard", "smooth", "refined")
+
+
 def scale_by_lion(
-    b1: float | jax.Array = 0.9, b2: float | jax.Array = 0.99, mu_dtype: Any = None
+    b1: float | jax.Array = 0.9,
+    b2: float | jax.Array = 0.99,
+    mu_dtype: Any = None,
+    *,
+    mode: str = "hard",
+    smooth_beta: float | jax.Array = 1.0,
 ) -> GradientTransformation:
     """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms").
 
-    ``u = sign(b1 m + (1-b1) g)``, then ``m <- b2 m + (1-b2) g``.
+    ``c = b1 m + (1-b1) g``, ``u = sign(c)``, then ``m <- b2 m + (1-b2) g``.
+    ``mode`` picks the sign (as Optax): ``"hard"`` (default) ``sign(c)``,
+    ``"smooth"`` ``tanh(smooth_beta * c)``, ``"refined"`` ``c`` where ``|c| < 1``
+    and ``sign(c)`` elsewhere.
     Defaults: ``b1=0.9, b2=0.99``; use a learning rate 3-10x smaller than Adam's.
     """
+    if mode not in _LION_MODES:
+        raise ValueError(f"scale_by_lion: unknown lion mode {mode!r}; it must be one of {list(_LION_MODES)}")
     _check_betas("scale_by_lion", b1=b1, b2=b2)
+    _checks.check_finite("scale_by_lion", "smooth_beta", smooth_beta)
+
+    def direction(c):
+        if mode == "smooth":
+            return jnp.tanh(smooth_beta * c)
+        if mode == "refined":
+            return jnp.where(jnp.abs(c) < 1.0, c, jnp.sign(c))
+        return jnp.sign(c)
 
     def init(params):
         _tree.check_floating(params, "scale_by_lion")
@@ -513,7 +552,7 @@ def scale_by_lion(
     def update(updates, state, params=None):
         del params
         _tree.check_same_shapes(updates, state.mu, "updates", "scale_by_lion state")
-        out = jax.tree.map(lambda g, m: jnp.sign(b1 * m + (1.0 - b1) * g).astype(g.dtype), updates, state.mu)
+        out = jax.tree.map(lambda g, m: direction(b1 * m + (1.0 - b1) * g).astype(g.dtype), updates, state.mu)
         mu = _tree.update_moment(updates, state.mu, b2, 1)
         return out, ScaleByLionState(count=_tree.safe_increment(state.count), mu=mu)
 
@@ -531,9 +570,10 @@ def scale_by_belief(
     """AdaBelief (Zhuang et al., 2020, "AdaBelief Optimizer: Adapting Stepsizes by the
     Belief in Observed Gradients", Algorithm 2).
 
-    ``m <- b1 m + (1-b1) g``, ``s <- b2 s + (1-b2) (g - m)^2 + eps_root`` (the
+    ``m <- b1 m + (1-b1) g``, ``s <- b2 s + (1-b2) |g - m|^2 + eps_root`` (the
     new ``m``), ``u = m_hat / (sqrt(s_hat) + eps)`` with both moments
-    bias-corrected. ``nesterov`` as in :func:`scale_by_adam`.
+    bias-corrected. ``nesterov`` as in :func:`scale_by_adam`. State:
+    :class:`ScaleByBeliefState` ``(count, mu, nu)``.
     Defaults: ``b1=0.9, b2=0.999, eps=eps_root=1e-16``.
     """
     _check_betas("scale_by_belief", b1=b1, b2=b2)
@@ -541,7 +581,7 @@ def scale_by_belief(
 
     def init(params):
         mu, nu = _moments_init("scale_by_belief", params, None, None)
-        return ScaleByAdamState(count=_tree.zero_count(), mu=mu, nu=nu)
+        return ScaleByBeliefState(count=_tree.zero_count(), mu=mu, nu=nu)
 
     def update(updates, state, params=None):
         del params
@@ -549,9 +589,10 @@ def scale_by_belief(
         count = _tree.safe_increment(state.count)
         mu = _tree.update_moment(updates, state.mu, b1, 1)
         surprise = jax.tree.map(lambda g, m: g - m, updates, mu)
-        nu = jax.tree.map(lambda v: (v + eps_root).astype(v.dtype), _tree.update_moment(surprise, state.nu, b2, 2))
+        nu = _tree.update_moment_per_elem_norm(surprise, state.nu, b2, 2)
+        nu = jax.tree.map(lambda v: (v + eps_root).astype(v.dtype), nu)
         mu_hat = _nesterov_first_moment(updates, mu, b1, count) if nesterov else _tree.bias_correction(mu, b1, count)
         nu_hat = _tree.bias_correction(nu, b2, count)
-        return _ratio(mu_hat, nu_hat, eps, 0.0, updates), ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return _ratio(mu_hat, nu_hat, eps, 0.0, updates), ScaleByBeliefState(count=count, mu=mu, nu=nu)
 
     return GradientTransformation(init, update)

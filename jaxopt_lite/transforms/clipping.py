@@ -1,13 +1,11 @@
 """Gradient clipping: by value, by per-leaf norm, by global norm, and adaptive (AGC)."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxopt_lite import _checks
+from jaxopt_lite import _checks, numerics
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import EmptyState, GradientTransformation, stateless
 from jaxopt_lite.fused import reject_fused
@@ -37,18 +35,17 @@ def clip_by_norm(max_norm: float | jax.Array) -> GradientTransformation:
     """Clips each leaf to its own L2 norm: ``u_i <- u_i * min(1, max_norm / ||u_i||)``.
 
     Every leaf is rescaled independently; see :func:`clip_by_global_norm` to
-    treat the whole tree as one vector. ``max_norm >= 0``.
+    treat the whole tree as one vector. ``max_norm >= 0``. Norms are
+    overflow-safe and use ``|z|`` for complex entries.
     """
     _checks.check_nonnegative("clip_by_norm", "max_norm", max_norm)
-
-    def leaf(u):
-        norm = _tree.global_norm(u)
-        return (u * clip_factor(norm, max_norm)).astype(u.dtype)
 
     def apply(updates, params):
         del params
         reject_fused("clip_by_norm", updates)
-        return jax.tree.map(leaf, updates)
+        leaves, treedef = jax.tree.flatten(updates)
+        factors = [clip_factor(n, max_norm) for n in numerics.norms(leaves)]
+        return treedef.unflatten([(u * f).astype(u.dtype) for u, f in zip(leaves, factors)])
 
     return stateless(apply)
 
@@ -58,6 +55,8 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
 
     ``u <- u * min(1, max_norm / ||u||_2)`` with ``||u||_2`` over all leaves,
     accumulated in at least float32 (Pascanu et al., 2013). ``max_norm >= 0``.
+    The norm is overflow-safe, so gradients near the dtype's maximum are scaled
+    down along their direction, not to zero.
     """
     _checks.check_nonnegative("clip_by_global_norm", "max_norm", max_norm)
 
@@ -69,17 +68,39 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
     return stateless(apply)
 
 
-def unitwise_norm(x: jax.Array) -> jax.Array:
-    """L2 norm per output unit, broadcastable to ``x``.
+def _unit_axes(x: jax.Array, axis: int | tuple[int, ...] | None) -> tuple[int, ...]:
+    """The axes :func:`unitwise_norm` reduces: ``axis`` if given, else all for ``ndim <= 1``, else all but the last."""
+    if axis is not None:
+        return (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(range(x.ndim)) if x.ndim <= 1 else tuple(range(x.ndim - 1))
 
-    Scalars and vectors: the norm of the whole leaf. Matrices and kernels:
-    the norm over every axis but the last (the output axis: ``(in, out)``
-    dense weights, ``HWIO`` convolution kernels).
+
+def unitwise_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
+    """L2 norm per output unit, broadcast to the shape of ``x`` (as Optax).
+
+    With ``axis``, the norm over those axes. Without: scalars and vectors, the
+    norm of the whole leaf; matrices and kernels, the norm over every axis but
+    the last (the output axis: ``(in, out)`` dense weights, ``HWIO`` and
+    ``DHWIO`` convolution kernels, and, unlike Optax, rank-3 ``(in, heads, out)``
+    leaves too). Computed in at least float32, overflow-safe, ``|z|`` for complex.
     """
-    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    if x.ndim <= 1:
-        return jnp.sqrt(jnp.sum(jnp.square(x32)))
-    return jnp.sqrt(jnp.sum(jnp.square(x32), axis=tuple(range(x.ndim - 1)), keepdims=True))
+    x = jnp.asarray(x)
+    (norm,) = numerics.norms([x], [_unit_axes(x, axis)])
+    return jnp.broadcast_to(norm, x.shape)
+
+
+def unitwise_clip(g_norm: jax.Array, max_norm: jax.Array, grad: jax.Array, div_eps: Any = 1e-6) -> jax.Array:
+    """``grad`` where ``g_norm < max_norm``, else ``grad * max_norm / max(g_norm, div_eps)`` (Optax's AGC step).
+
+    All three arrays have the same shape (norms broadcast, as :func:`unitwise_norm` returns them).
+    """
+    if not (jnp.shape(g_norm) == jnp.shape(max_norm) == jnp.shape(grad)):
+        raise ValueError(
+            f"unitwise_clip: g_norm, max_norm and grad must have the same shape, got "
+            f"{jnp.shape(g_norm)}, {jnp.shape(max_norm)} and {jnp.shape(grad)}"
+        )
+    clipped = grad * (max_norm / jnp.maximum(g_norm, div_eps))
+    return jnp.where(g_norm < max_norm, grad, clipped).astype(jnp.result_type(grad))
 
 
 def adaptive_grad_clip(
@@ -90,26 +111,26 @@ def adaptive_grad_clip(
 
     Per unit: ``g <- g * min(1, clipping * max(||w||, eps) / ||g||)`` with norms
     taken unitwise (see :func:`unitwise_norm`), or over ``axis`` when given.
+    Norms are overflow-safe (huge gradients are scaled down, not zeroed).
     Needs ``params``. Defaults: ``eps=1e-3``.
     """
     _checks.check_nonnegative("adaptive_grad_clip", "clipping", clipping)
     _checks.check_nonnegative("adaptive_grad_clip", "eps", eps)
-
-    def norm_of(x):
-        if axis is None:
-            return unitwise_norm(x)
-        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        return jnp.sqrt(jnp.sum(jnp.square(x32), axis=axis, keepdims=True))
-
-    def leaf(g, p):
-        max_norm = clipping * jnp.maximum(norm_of(p), eps)
-        return (g * clip_factor(norm_of(g), max_norm)).astype(g.dtype)
 
     def apply(updates, params):
         if params is None:
             raise ValueError("adaptive_grad_clip: params must be passed to update (the clip is relative to them)")
         reject_fused("adaptive_grad_clip", updates, params)
         _tree.check_same_structure(updates, params, "updates", "params")
-        return jax.tree.map(leaf, updates, params)
+        g_leaves, treedef = jax.tree.flatten(updates)
+        p_leaves = jax.tree.leaves(params)
+        axes = [_unit_axes(jnp.asarray(g), axis) for g in g_leaves]
+        unit_norms = numerics.norms(g_leaves + p_leaves, axes + axes)
+        g_norms, p_norms = unit_norms[: len(g_leaves)], unit_norms[len(g_leaves):]
+        out = [
+            (g * clip_factor(gn, clipping * jnp.maximum(pn, eps))).astype(g.dtype)
+            for g, gn, pn in zip(g_leaves, g_norms, p_norms)
+        ]
+        return treedef.unflatten(out)
 
     return stateless(apply)

@@ -1,7 +1,5 @@
 """Momentum: heavy-ball and Nesterov traces, and exponential moving averages."""
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax
@@ -37,10 +35,10 @@ def trace(
     ``u + decay * t`` with ``nesterov=True``. The default ``dampening=0`` is
     Optax's ``trace`` and ``torch.optim.SGD``'s default; ``dampening=decay``
     gives the averaged form ``t <- decay * t + (1 - decay) * u`` of the seed
-    articles (an undebiased EMA). ``decay`` and ``dampening`` in ``[0, 1)``
-    and ``[0, 1]``.
+    articles (an undebiased EMA). ``decay`` and ``dampening`` in ``[0, 1]``;
+    ``decay=1`` is a plain running sum of the updates (as Optax).
     """
-    _checks.check_decay("trace", "decay", decay)
+    _checks.check_range("trace", "decay", decay, low=0.0, high=1.0)
     _checks.check_range("trace", "dampening", dampening, low=0.0, high=1.0)
 
     def init(params):

@@ -1,7 +1,5 @@
 """Regularization and safety: weight decay, gradient noise, constraints, NaN handling."""
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax

@@ -1,17 +1,15 @@
 """Scaling transforms: constant, learning-rate and scheduled multipliers, and sign."""
 
-from __future__ import annotations
-
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, ScalarOrSchedule, Schedule, stateless
+from jaxopt_lite.base import EmptyState, GradientTransformation, ScalarOrSchedule, Schedule, stateless
 
-ScaleState = Any  # an EmptyState, named as in Optax
+ScaleState = EmptyState  # Optax's name for the state of ``scale``
 
 
 class ScaleByScheduleState(NamedTuple):

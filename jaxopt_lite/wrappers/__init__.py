@@ -41,7 +41,11 @@ from jaxopt_lite.wrappers.flatten import (
 )
 from jaxopt_lite.wrappers.hyperparams import (
     InjectHyperparamsState,
+    InjectStatefulHyperparamsState,
+    WrappedSchedule,
+    WrappedScheduleState,
     inject_hyperparams,
+    inject_stateful_hyperparams,
     set_hyperparams,
 )
 from jaxopt_lite.wrappers.masking import (
@@ -60,6 +64,9 @@ __all__ = [
     "ApplyEvery",
     "ApplyIfFiniteState",
     "InjectHyperparamsState",
+    "InjectStatefulHyperparamsState",
+    "WrappedSchedule",
+    "WrappedScheduleState",
     "LookaheadParams",
     "LookaheadState",
     "MaskedNode",
@@ -76,6 +83,7 @@ __all__ = [
     "flatten",
     "freeze",
     "inject_hyperparams",
+    "inject_stateful_hyperparams",
     "lookahead",
     "masked",
     "multi_transform",

@@ -1,7 +1,5 @@
 """Gradient accumulation, periodic application, and skipping bad steps."""
 
-from __future__ import annotations
-
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol

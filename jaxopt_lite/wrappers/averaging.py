@@ -1,7 +1,5 @@
 """Averaging of weights: lookahead's slow weights and an EMA of the parameters."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -41,7 +39,7 @@ class LookaheadParams(NamedTuple):
     slow: Params
 
     @classmethod
-    def init_synced(cls, params: Params) -> LookaheadParams:
+    def init_synced(cls, params: Params) -> "LookaheadParams":
         """Both copies equal to ``params``."""
         return cls(fast=params, slow=params)
 

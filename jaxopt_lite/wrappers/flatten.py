@@ -1,7 +1,5 @@
 """Running a transformation on one flat buffer instead of many leaves."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax

@@ -1,7 +1,5 @@
 """Hyperparameters kept in the optimizer state, settable between steps."""
 
-from __future__ import annotations
-
 import functools
 import inspect
 from collections.abc import Callable, Iterable
@@ -24,23 +22,57 @@ from jaxopt_lite.base import (
 # ----------------------------------------------------------------------------
 
 
-class InjectHyperparamsState(NamedTuple):
-    """State of a transformation built by :func:`inject_hyperparams`.
+class InjectStatefulHyperparamsState(NamedTuple):
+    """State of a transformation built by :func:`inject_hyperparams` (Optax's name and fields).
 
     Attributes:
-      count: int32 number of ``update`` calls so far (schedules are evaluated
-        at it, so the first step uses ``schedule(0)``).
+      count: int32 number of ``update`` calls so far.
       hyperparams: dict from argument name to a JAX array: the numeric
         hyperparameters, and the scheduled ones' values at the last step (at
-        ``count`` 0 right after ``init``). Replace a numeric entry between steps
+        step 0 right after ``init``). Replace a numeric entry between steps
         to change it (see :func:`set_hyperparams`); a scheduled entry is
         recomputed each step, so replacing it has no effect.
+      hyperparams_states: dict from the name of each scheduled argument to its
+        schedule's state (:class:`WrappedScheduleState` for a plain schedule of
+        the step count, whatever a :class:`~jaxopt_lite.base.StatefulSchedule` keeps).
       inner_state: the state of the wrapped transformation.
     """
 
     count: jax.Array
     hyperparams: dict[str, jax.Array]
+    hyperparams_states: dict[str, Any]
     inner_state: OptState
+
+
+InjectHyperparamsState = InjectStatefulHyperparamsState  # the name of Optax < 0.1.9, kept as an alias
+
+
+class WrappedScheduleState(NamedTuple):
+    """The step count of a :class:`WrappedSchedule`."""
+
+    count: jax.Array
+
+
+class WrappedSchedule:
+    """A :class:`~jaxopt_lite.base.StatefulSchedule` made of a plain schedule of the step count.
+
+    ``init()`` starts the count at 0, ``update`` adds 1 (saturating), and
+    calling it evaluates ``schedule_fn(count)``.
+    """
+
+    def __init__(self, schedule_fn: Callable[[jax.Array], Any]):
+        self.schedule_fn = schedule_fn
+
+    def init(self) -> WrappedScheduleState:
+        return WrappedScheduleState(count=_tree.zero_count())
+
+    def update(self, state: WrappedScheduleState, **extra_args: Any) -> WrappedScheduleState:
+        del extra_args
+        return WrappedScheduleState(count=_tree.safe_increment(state.count))
+
+    def __call__(self, state: WrappedScheduleState, **extra_args: Any) -> Any:
+        del extra_args
+        return self.schedule_fn(state.count)
 
 
 _NUMERIC_WORDS = ("float", "Scalar", "Schedule", "Numeric", "Number")
@@ -63,12 +95,29 @@ def _looks_numeric(param: inspect.Parameter) -> bool | None:
     return any(word in text for word in _NUMERIC_WORDS)
 
 
+_KEY_NAMES = ("key", "rng", "rng_key", "prng_key", "seed")
+
+
+def _is_prng_key(param: inspect.Parameter, value: Any) -> bool:
+    """A PRNG key (typed, or a raw uint32 key passed for a key-named argument) is an input, not a hyperparameter."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return True
+    return param.name in _KEY_NAMES and dtype is not None and np.dtype(dtype) == np.uint32
+
+
+def _is_stateful_schedule(value: Any) -> bool:
+    return callable(value) and callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))
+
+
 def _classify(param: inspect.Parameter, value: Any, static_names: set[str]) -> str:
     """'static', 'numeric' or 'schedule' for one argument of the factory."""
     if param.name in static_names or param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
         return "static"
-    if value is None or isinstance(value, (bool, np.bool_, str, bytes)):
+    if value is None or isinstance(value, (bool, np.bool_, str, bytes)) or _is_prng_key(param, value):
         return "static"
+    if _is_stateful_schedule(value):
+        return "schedule"
     if isinstance(value, (int, np.integer)):
         # Ints are structural (counts, periods, sizes) unless the factory declares a float.
         return "numeric" if _looks_numeric(param) else "static"
@@ -87,26 +136,26 @@ def _classify(param: inspect.Parameter, value: Any, static_names: set[str]) -> s
 
 
 def _float_dtype_of(params: Any) -> Any:
+    """The highest floating dtype among the params (the real dtype of a complex one)."""
     dtypes = [jnp.result_type(x) for x in jax.tree.leaves(params)]
-    dtypes = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+    dtypes = [jnp.finfo(d).dtype for d in dtypes if jnp.issubdtype(d, jnp.inexact)]
     if not dtypes:
         return jnp.result_type(float)
     return functools.reduce(jnp.promote_types, dtypes)
 
 
-def _as_hyperparam(value: Any, dtype: Any, force: bool) -> jax.Array:
-    """A numeric hyperparameter as an array; floats (and ints given for floats) in ``dtype``.
+def _as_hyperparam(value: Any, dtype: Any) -> jax.Array:
+    """A numeric hyperparameter as an array, with Optax's dtype rules.
 
-    A float JAX array with a strong dtype keeps it unless ``force``.
+    A JAX array with a strong dtype (``jnp.asarray(0.9, jnp.bfloat16)``) keeps
+    it, even when ``hyperparam_dtype`` is set; other floats (Python or NumPy
+    floats, weakly typed arrays, and ints given for float arguments) take ``dtype``.
     """
+    if isinstance(value, jax.Array) and not getattr(value, "weak_type", False):
+        return value
     arr = jnp.asarray(value)
     if jnp.issubdtype(arr.dtype, jnp.complexfloating):
         return arr
-    strong = isinstance(value, jax.Array) and not getattr(value, "weak_type", False)
-    if strong and jnp.issubdtype(arr.dtype, jnp.floating) and not force:
-        return arr
-    if strong and jnp.issubdtype(arr.dtype, jnp.integer):
-        return arr  # an explicit integer array stays an integer
     return arr.astype(dtype)
 
 
@@ -134,8 +183,13 @@ def inject_hyperparams(
       arrays; tuples, dicts, dtypes, classes, transformations and other
       structural values; and functions for a parameter annotated with a type
       that mentions neither float nor schedule (e.g. a mask function);
+      PRNG keys (typed keys, or uint32 keys for an argument named ``key``,
+      ``rng``, ``seed``...) are static too;
     * numeric (stored in the state): floats, and float/int arrays;
-    * schedule (evaluated each step, value stored in the state): other callables.
+    * schedule (evaluated each step, value stored in the state): stateful
+      schedules (objects with ``init``, ``update`` and ``__call__``, see
+      :class:`~jaxopt_lite.base.StatefulSchedule`) and other callables, which
+      are wrapped in a :class:`WrappedSchedule` of the step count.
 
     Unlike Optax, ``static_args`` is thus rarely needed; it still forces an
     argument to be static.
@@ -144,13 +198,15 @@ def inject_hyperparams(
       inner_factory: a function returning a ``GradientTransformation``.
       static_args: name(s) of arguments to treat as static.
       hyperparam_dtype: the dtype of float hyperparameters; default: the
-        highest float dtype among the params (given to ``init``). A float jax
-        array given explicitly with a (strong) dtype keeps it unless this is set.
+        highest float dtype among the params (given to ``init``; the real dtype
+        for complex params). A JAX array given with a strong dtype keeps it
+        (``jnp.asarray(0.95, jnp.bfloat16)`` stays bfloat16), as in Optax.
 
     Returns:
       A function with the factory's signature returning a
       ``GradientTransformationExtraArgs`` with state
-      :class:`InjectHyperparamsState` ``(count, hyperparams, inner_state)``.
+      :class:`InjectStatefulHyperparamsState` ``(count, hyperparams, hyperparams_states,
+      inner_state)``.
       ``update`` calls ``inner_factory`` with the current hyperparameters and
       runs the resulting transformation (under ``jit`` this happens once, at
       trace time).
@@ -183,14 +239,21 @@ def inject_hyperparams(
             ba = inspect.BoundArguments(signature, call)
             return with_extra_args_support(inner_factory(*ba.args, **ba.kwargs))
 
+        stateful = {n: f if _is_stateful_schedule(f) else WrappedSchedule(f) for n, f in schedules.items()}
+
         def init(params):
             dtype = cast_dtype if cast_dtype is not None else _float_dtype_of(params)
-            count = _tree.zero_count()
-            hyperparams = {n: _as_hyperparam(v, dtype, force=cast_dtype is not None) for n, v in numeric.items()}
-            for n, f in schedules.items():
-                hyperparams[n] = jnp.asarray(f(count)).astype(dtype)
+            hyperparams = {n: _as_hyperparam(v, dtype) for n, v in numeric.items()}
+            schedule_states = {n: f.init() for n, f in stateful.items()}
+            for n, f in stateful.items():
+                hyperparams[n] = _as_hyperparam(f(schedule_states[n]), dtype)
             inner_state = build(hyperparams).init(params)
-            return InjectHyperparamsState(count=count, hyperparams=hyperparams, inner_state=inner_state)
+            return InjectStatefulHyperparamsState(
+                count=_tree.zero_count(),
+                hyperparams=hyperparams,
+                hyperparams_states=schedule_states,
+                inner_state=inner_state,
+            )
 
         def update(updates, state, params=None, **extra_args):
             hyperparams = dict(state.hyperparams)
@@ -199,18 +262,22 @@ def inject_hyperparams(
                     raise KeyError(
                         f"inject_hyperparams: state.hyperparams lacks {n!r}; it has {sorted(hyperparams)}"
                     )
-                v = jnp.asarray(hyperparams[n])
-                if cast_dtype is not None and jnp.issubdtype(v.dtype, jnp.floating):
-                    v = v.astype(cast_dtype)
-                hyperparams[n] = v
-            for n, f in schedules.items():
+                if cast_dtype is not None or params is not None:  # a float set between steps takes the dtype
+                    hyperparams[n] = _as_hyperparam(hyperparams[n], cast_dtype or _float_dtype_of(params))
+                else:
+                    hyperparams[n] = jnp.asarray(hyperparams[n])
+            for n, f in stateful.items():
                 old = state.hyperparams.get(n)
                 dtype = cast_dtype if cast_dtype is not None else (jnp.result_type(old) if old is not None else None)
-                value = jnp.asarray(f(state.count))
+                value = jnp.asarray(f(state.hyperparams_states[n], **extra_args))
                 hyperparams[n] = value if dtype is None else value.astype(dtype)
+            schedule_states = {n: f.update(state.hyperparams_states[n], **extra_args) for n, f in stateful.items()}
             new_updates, inner_state = build(hyperparams).update(updates, state.inner_state, params, **extra_args)
-            return new_updates, InjectHyperparamsState(
-                count=_tree.safe_increment(state.count), hyperparams=hyperparams, inner_state=inner_state
+            return new_updates, InjectStatefulHyperparamsState(
+                count=_tree.safe_increment(state.count),
+                hyperparams=hyperparams,
+                hyperparams_states=schedule_states,
+                inner_state=inner_state,
             )
 
         return GradientTransformationExtraArgs(init, update)
@@ -218,7 +285,16 @@ def inject_hyperparams(
     return wrapped
 
 
-def set_hyperparams(state: InjectHyperparamsState, **values: Any) -> InjectHyperparamsState:
+def inject_stateful_hyperparams(
+    inner_factory: Callable[..., GradientTransformation],
+    static_args: str | Iterable[str] = (),
+    hyperparam_dtype: Any = None,
+) -> Callable[..., GradientTransformationExtraArgs]:
+    """The same as :func:`inject_hyperparams` (which takes stateful schedules too); Optax's older name."""
+    return inject_hyperparams(inner_factory, static_args, hyperparam_dtype)
+
+
+def set_hyperparams(state: InjectStatefulHyperparamsState, **values: Any) -> InjectStatefulHyperparamsState:
     """Returns ``state`` with the named hyperparameters replaced (a new state; no mutation).
 
     Each new value is cast to the dtype of the entry it replaces, so a jitted

@@ -7,10 +7,8 @@ parameters. Their leaves must be concrete Python values, never traced arrays:
 they decide the structure of the state.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Union
 
 import jax
 import numpy as np
@@ -30,6 +28,8 @@ from jaxopt_lite.fused import reject_fused
 # ----------------------------------------------------------------------------
 # Masking.
 # ----------------------------------------------------------------------------
+
+MaskOrFn = Union[Any, Callable[[Params], Any], None]  # a mask tree, or a function of the params returning one (Optax's name)
 
 
 class MaskedState(NamedTuple):
@@ -92,6 +92,17 @@ def _mask_value(owner: str, value: Any) -> bool:
             f"got a value of dtype {arr.dtype} and shape {arr.shape}"
         )
     return bool(arr)
+
+
+def _is_stand_in(params: Any) -> bool:
+    """Whether ``params`` is an opaque placeholder object rather than a tree of arrays or numbers."""
+    leaves = jax.tree.leaves(params)
+    return (
+        len(leaves) == 1
+        and leaves[0] is params
+        and not isinstance(params, (jax.Array, np.ndarray, np.generic, int, float, complex, jax.ShapeDtypeStruct))
+        and not hasattr(params, "shape")
+    )
 
 
 def _reject_fused_unless_uniform(owner: str, mask: Any, tree: Any) -> None:
@@ -159,6 +170,11 @@ def masked(
     inner = with_extra_args_support(inner)
 
     def init(params):
+        if _is_stand_in(params):
+            # A stand-in for the whole params tree (Optax's tree_map_params passes one to find the
+            # params-shaped parts of the state): the mask cannot be applied to it, so hand it on whole.
+            # The structures are checked in update, where the real updates and params are known.
+            return MaskedState(inner_state=inner.init(params))
         treedef, flags = _resolve_mask("masked", mask, params)
         return MaskedState(inner_state=inner.init(_apply_mask(treedef, flags, params)))
 

@@ -1,0 +1,175 @@
+"""Numerics shared by every transform: safe roots, divisions, norms and counters.
+
+Each function here is exact where the plain formula is finite and differs only
+where the plain formula would give ``nan`` or ``inf`` from valid input:
+
+- :func:`safe_sqrt` is ``sqrt`` whose derivative at 0 is 0 instead of ``inf``
+  (so meta-gradients through Adam's ``sqrt(v)`` stay finite when a gradient
+  coordinate is exactly zero);
+- :func:`safe_div` is ``n / d`` with 0 where ``d == 0`` (and finite gradients);
+- :func:`abs_sq` is ``|z|**2`` (``z * conj(z)``), real for complex input;
+- :func:`safe_norm` and :func:`safe_root_mean_squares` floor a norm with
+  correct gradients at zero (Optax's names and signatures);
+- :func:`global_norm` and :func:`norms` are overflow-safe: a single
+  ``lax.cond`` on the whole tree's result (never one per leaf) switches to a
+  sum rescaled by the largest magnitude when the plain sum overflows;
+- :func:`safe_increment` adds 1 to a counter, saturating at its dtype's maximum.
+"""
+
+import builtins
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@jax.custom_jvp
+def safe_sqrt(x: jax.Array) -> jax.Array:
+    """``sqrt(x)`` whose derivative at ``x == 0`` is 0 (not ``inf``); forward values are ``jnp.sqrt``'s."""
+    return jnp.sqrt(x)
+
+
+@safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    root = jnp.sqrt(x)
+    positive = x > 0
+    return root, jnp.where(positive, t / (2 * jnp.where(positive, root, 1)), jnp.zeros_like(t))
+
+
+def safe_div(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """``numerator / denominator``, with 0 where ``denominator == 0`` (value and gradient finite).
+
+    Used where a zero denominator implies a zero numerator (``eps == 0`` and every
+    past gradient zero), so 0 is the limit, not a guess.
+    """
+    nonzero = denominator != 0
+    return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1), 0)
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|**2``: ``x * x`` for real ``x``, ``real(x)**2 + imag(x)**2`` (a real array) for complex ``x``."""
+    x = jnp.asarray(x)
+    if jnp.iscomplexobj(x):
+        return jnp.square(x.real) + jnp.square(x.imag)
+    return jnp.square(x)
+
+
+def safe_norm(
+    x: jax.Array,
+    min_norm: Any,
+    ord: int | float | str | None = None,  # noqa: A002 - numpy's name
+    axis: int | tuple[int, ...] | None = None,
+    keepdims: bool = False,
+) -> jax.Array:
+    """``max(jnp.linalg.norm(x, ord, axis), min_norm)`` with a finite gradient where the norm is at most ``min_norm``.
+
+    The plain expression differentiates ``norm`` at 0 (``nan``) even when the
+    maximum picks ``min_norm``; here the norm is taken of a stand-in (ones)
+    wherever it would be floored, so its gradient there is exactly 0.
+    """
+    norm = jnp.linalg.norm(x, ord=ord, axis=axis, keepdims=True)
+    floored = norm <= min_norm
+    stand_in = jnp.where(floored, jnp.ones_like(x), x)
+    result = jnp.linalg.norm(stand_in, ord=ord, axis=axis, keepdims=keepdims)
+    floored = floored if keepdims else jnp.squeeze(floored, axis=axis)
+    return jnp.where(floored, min_norm, result)
+
+
+def safe_root_mean_squares(x: jax.Array, min_rms: Any) -> jax.Array:
+    """``max(sqrt(mean(|x|**2)), min_rms)`` with a finite gradient where the RMS is at most ``min_rms``."""
+    rms = jnp.sqrt(jnp.mean(abs_sq(x)))
+    floored = rms <= min_rms
+    stand_in = jnp.where(floored, jnp.ones_like(x), x)
+    return jnp.where(floored, min_rms, jnp.sqrt(jnp.mean(abs_sq(stand_in))))
+
+
+def safe_increment(count: Any) -> jax.Array:
+    """``count + 1``, saturating at the largest value of ``count``'s dtype (integer or floating)."""
+    count = jnp.asarray(count)
+    if jnp.issubdtype(count.dtype, jnp.integer):
+        top = np.iinfo(count.dtype).max
+    elif jnp.issubdtype(count.dtype, jnp.floating):
+        top = jnp.finfo(count.dtype).max
+    else:
+        raise ValueError(f"safe_increment: count must have an integer or floating dtype, got {count.dtype}")
+    top = jnp.asarray(top, count.dtype)
+    return jnp.where(count < top, count + jnp.asarray(1, count.dtype), top)
+
+
+safe_int32_increment = safe_increment
+
+
+def accumulation_dtype(leaves: list) -> Any:
+    """The real dtype reductions of ``leaves`` run in: at least float32 (a bfloat16 sum of squares overflows)."""
+    dtypes = [jnp.result_type(x) for x in leaves]
+    if not dtypes:
+        return jnp.dtype(jnp.float32)
+    dtype = jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
+    return jnp.finfo(dtype).dtype  # the real dtype of a complex one
+
+
+def _reduce(fn, x: jax.Array, axis: Any) -> jax.Array:
+    """``fn`` over ``axis`` with kept dimensions, or over everything to a scalar when ``axis`` is ``None``."""
+    if axis is None:
+        return fn(x)
+    return fn(x, axis=axis, keepdims=True)
+
+
+def _max_abs(x: jax.Array, axis: Any, dtype: Any) -> jax.Array:
+    if x.size == 0:
+        return jnp.zeros([] if axis is None else jnp.sum(x, axis=axis, keepdims=True).shape, dtype)
+    return _reduce(jnp.max, jnp.abs(x), axis).astype(dtype)
+
+
+def norms(leaves: list, axes: list | None = None, dtype: Any = None) -> list:
+    """The L2 norm of each leaf (over ``axes[i]`` with kept dimensions, or of the whole leaf), overflow-safe.
+
+    ``|z|`` for complex entries; computed in ``dtype`` (default: the leaves'
+    dtype, at least float32). The plain sums of squares run first; a single
+    ``lax.cond`` for all leaves together (never one per leaf) recomputes them as
+    ``s * sqrt(sum |x / s|**2)``, ``s`` the largest magnitude of each unit, when
+    any plain sum overflows. The derivative at a zero norm is 0.
+    """
+    leaves = [jnp.asarray(x) for x in leaves]
+    if not leaves:
+        return []
+    axes = [None] * len(leaves) if axes is None else list(axes)
+    dtype = accumulation_dtype(leaves) if dtype is None else dtype
+    wide = [x.astype(jnp.promote_types(x.dtype, dtype)) for x in leaves]
+    plain = [_reduce(jnp.sum, abs_sq(x), a).astype(dtype) for x, a in zip(wide, axes)]
+
+    def rescaled(_):
+        scales = [_max_abs(x, a, dtype) for x, a in zip(wide, axes)]
+        scales = [jnp.where(s > 0, s, 1).astype(dtype) for s in scales]
+        return scales, [_reduce(jnp.sum, abs_sq(x / s), a).astype(dtype) for x, s, a in zip(wide, scales, axes)]
+
+    def unscaled(_):
+        return [jnp.ones_like(q) for q in plain], plain
+
+    finite = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(q)) for q in plain])
+    scales, sums = jax.lax.cond(finite, unscaled, rescaled, None)
+    return [s * safe_sqrt(q) for s, q in zip(scales, sums)]
+
+
+def global_norm(leaves: list, dtype: Any = None) -> jax.Array:
+    """The L2 norm of all ``leaves`` as one vector, overflow-safe (the direction of a clipped update is kept).
+
+    The plain sum of squares runs in one pass; only if it overflows does one
+    ``lax.cond`` (for the whole tree) recompute it scaled by the largest magnitude.
+    """
+    leaves = [jnp.asarray(x) for x in leaves]
+    dtype = accumulation_dtype(leaves) if dtype is None else dtype
+    zero = jnp.zeros([], dtype)
+    wide = [x.astype(jnp.promote_types(x.dtype, dtype)) for x in leaves]
+    plain = builtins.sum((jnp.sum(abs_sq(x)).astype(dtype) for x in wide), zero)
+
+    def rescaled(_):
+        s = functools.reduce(jnp.maximum, [_max_abs(x, None, dtype) for x in wide], zero)
+        s = jnp.where(s > 0, s, 1).astype(dtype)
+        return s, builtins.sum((jnp.sum(abs_sq(x / s)).astype(dtype) for x in wide), zero)
+
+    s, q = jax.lax.cond(jnp.isfinite(plain), lambda _: (jnp.ones([], dtype), plain), rescaled, None)
+    return s * safe_sqrt(q)
