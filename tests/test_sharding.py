@@ -56,23 +56,6 @@ OPTIMIZER_NAMES = [
     "adabelief",
     "lamb",
     "lars",
-    "adopt",  # adopt, ademamix, simplified_ademamix (contrib)
-    "ademamix",
-    "simplified_ademamix",
-    # parameter-free and contrib optimizers (ldog is left out: its per-array scalars accumulate
-    # in at least float32, which the dtype check below would flag for bfloat16 parameters)
-    "schedule_free_sgd",
-    "schedule_free_adamw",
-    "prodigy",
-    "dadapt_adamw",
-    "dog",
-    "dowg",
-    "mechanize_sgd",
-    "cocob",
-    "momo",
-    "momo_adam",
-    "acprop",
-    "madgrad",
     "chain_clip_adam_schedule",
 ]
 
@@ -95,23 +78,6 @@ SCRIPT = textwrap.dedent(
     def chain_clip_adam_schedule(learning_rate=0.1, b1=0.9, b2=0.999, eps=1e-8, max_norm=1.0):
         schedule = sch.warmup_cosine_decay_schedule(0.0, learning_rate, 2, 10, 0.0)
         return jol.chain(jol.clip_by_global_norm(max_norm), jol.adam(schedule, b1=b1, b2=b2, eps=eps))
-
-
-    def mechanize_sgd(learning_rate=0.1, **kwargs):
-        return jol.contrib.mechanize(jol.sgd(learning_rate), **kwargs)
-
-
-    def given_value(alias):
-        """MoMo's update fed a loss value (0.025 ||g||^2), so it runs where a plain optimizer does."""
-        def build(learning_rate=0.1, **kwargs):
-            opt = alias(learning_rate, **kwargs)
-
-            def update(updates, state, params=None):
-                return opt.update(updates, state, params, value=0.025 * jol.tree.norm(updates, squared=True))
-
-            return jol.GradientTransformation(opt.init, update)
-
-        return build
 
 
     # name -> (constructor, fixed keyword arguments, float hyperparameters passed as arrays)
@@ -141,27 +107,6 @@ SCRIPT = textwrap.dedent(
         "adabelief": (jol.adabelief, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-16, "eps_root": 1e-16}),
         "lamb": (jol.lamb, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-6, "weight_decay": 0.01}),
         "lars": (jol.lars, {}, {"weight_decay": 0.01, "trust_coefficient": 0.001, "eps": 1e-8, "momentum": 0.9}),
-        # --- adopt, ademamix, simplified_ademamix (contrib) ---
-        "adopt": (jol.contrib.adopt, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-6}),
-        "ademamix": (jol.contrib.ademamix, {}, {"b3": 0.999, "alpha": 5.0, "weight_decay": 1e-4}),
-        "simplified_ademamix": (jol.contrib.simplified_ademamix, {}, {"b1": 0.9, "alpha": 1.0, "eps": 1e-8}),
-        # --- end adopt, ademamix, simplified_ademamix ---
-        # --- parameter-free and contrib optimizers ---
-        "schedule_free_sgd": (
-            jol.contrib.schedule_free_sgd, {"warmup_steps": 2}, {"b1": 0.9, "weight_decay": 0.01, "weight_lr_power": 2.0}),
-        "schedule_free_adamw": (
-            jol.contrib.schedule_free_adamw, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4}),
-        "prodigy": (jol.contrib.prodigy, {}, {"beta3": 0.99, "eps": 1e-8, "estim_lr0": 1e-6, "weight_decay": 1e-4}),
-        "dadapt_adamw": (jol.contrib.dadapt_adamw, {}, {"eps": 1e-8, "estim_lr0": 1e-6, "weight_decay": 1e-4}),
-        "dog": (jol.contrib.dog, {}, {"eps": 1e-8, "weight_decay": 1e-4}),
-        "dowg": (jol.contrib.dowg, {}, {"init_estim_sq_dist": 1e-3, "eps": 1e-4, "weight_decay": 1e-4}),
-        "mechanize_sgd": (mechanize_sgd, {}, {"weight_decay": 1e-2, "eps": 1e-8, "s_init": 1e-6}),
-        "cocob": (jol.contrib.cocob, {}, {"alpha": 100.0, "eps": 1e-8, "weight_decay": 1e-4}),
-        "momo": (given_value(jol.contrib.momo), {}, {"beta": 0.9, "lower_bound": 0.0, "weight_decay": 1e-4}),
-        "momo_adam": (given_value(jol.contrib.momo_adam), {}, {"b1": 0.9, "b2": 0.999, "lower_bound": 0.0}),
-        "acprop": (jol.contrib.acprop, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-16, "eps_root": 1e-16, "weight_decay": 1e-4}),
-        "madgrad": (jol.contrib.madgrad, {}, {"momentum": 0.9, "weight_decay": 1e-4, "eps": 1e-6}),
-        # --- end parameter-free and contrib optimizers ---
         "chain_clip_adam_schedule": (chain_clip_adam_schedule, {}, {"b1": 0.9, "max_norm": 1.0}),
     }
 
