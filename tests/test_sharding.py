@@ -242,7 +242,7 @@ def _start(x64: bool) -> subprocess.Popen:
 
 def _collect(proc: subprocess.Popen) -> dict:
     try:
-        stdout, stderr = proc.communicate(timeout=600)
+        stdout, stderr = proc.communicate(timeout=1800)
     except subprocess.TimeoutExpired:
         proc.kill()
         stdout, stderr = proc.communicate()
