@@ -1,4 +1,4 @@
-"""Fenchel-Young losses and the multiclass sparsemax loss.
+r"""Fenchel-Young losses and the multiclass sparsemax loss.
 
 A Fenchel-Young loss built on a convex "max" function :math:`\Omega^*` is
 
