@@ -1,17 +1,97 @@
 """Test configuration.
 
 float64 is enabled so references can be compared exactly; tests that need
-JAX's default (32-bit) mode run in a subprocess. Under CI, hypothesis runs
-derandomized: the same examples every run, so a red CI is reproducible.
+JAX's default (32-bit) mode run in a subprocess.
+
+Hypothesis never shrinks here: a failing example is reported as found, since
+shrinking recompiles for every smaller example and can outlast CI's time
+limit. Under CI (``CI`` set) it also runs derandomized: the same examples
+every run, so a red CI is reproducible.
+
+Two tiers, chosen with ``JAXOPT_LITE_TESTS``:
+
+- ``sample`` (the default, what CI runs): every test function runs, with its
+  first parametrized case and a fixed quarter of the others (chosen by a hash
+  of the test's id, so the same cases every run and on every xdist worker);
+  tests marked ``slow`` are skipped.
+- ``full``: every case of every test.
+
+Whatever the tier, a worker that has spent ``JAXOPT_LITE_TEST_BUDGET_S``
+seconds (default 1200) skips the tests it has not started, each with a reason
+that says so, and the summary counts them: on a machine so slow that the run
+would outlast CI's limit, the run stops early and says what it left out
+instead of being killed.
 """
 
 import os
+import time
+import zlib
 
 import jax
-from hypothesis import settings
+import pytest
+from hypothesis import Phase, settings
 
 jax.config.update("jax_enable_x64", True)
 
-settings.register_profile("ci", derandomize=True, deadline=None)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+_NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
+settings.register_profile("local", phases=_NO_SHRINK)
+settings.register_profile("ci", derandomize=True, deadline=None, phases=_NO_SHRINK)
+settings.load_profile("ci" if os.environ.get("CI") else "local")
+
+TIER = os.environ.get("JAXOPT_LITE_TESTS", "sample")
+SAMPLE_ONE_IN = 4
+BUDGET_S = float(os.environ.get("JAXOPT_LITE_TEST_BUDGET_S", "1200"))
+_START = time.monotonic()
+
+
+def pytest_configure(config):
+    if TIER not in ("sample", "full"):
+        raise pytest.UsageError(f"JAXOPT_LITE_TESTS must be 'sample' or 'full', got {TIER!r}")
+    config.addinivalue_line("markers", "slow: runs only with JAXOPT_LITE_TESTS=full")
+
+
+def _in_sample(item, first_of_its_function: bool) -> bool:
+    if item.get_closest_marker("slow"):
+        return False
+    if getattr(item, "callspec", None) is None or first_of_its_function:
+        return True
+    return zlib.crc32(item.nodeid.encode()) % SAMPLE_ONE_IN == 0
+
+
+# Modules whose tests wait on a long subprocess start first, while the budget is whole.
+_FIRST = ("test_sharding.py", "test_benchmarks_smoke.py")
+
+
+def _order(item) -> int:
+    name = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+    return _FIRST.index(name) if name in _FIRST else len(_FIRST)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=_order)  # stable: collection order otherwise
+    if TIER == "full":
+        return
+    kept, dropped, seen = [], [], set()
+    for item in items:
+        function = item.nodeid.split("[")[0]
+        (kept if _in_sample(item, function not in seen) else dropped).append(item)
+        seen.add(function)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_runtest_setup(item):
+    spent = time.monotonic() - _START
+    if spent > BUDGET_S:
+        pytest.skip(f"over the test-time budget ({spent:.0f} s > JAXOPT_LITE_TEST_BUDGET_S={BUDGET_S:.0f} s)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = terminalreporter.stats.get("skipped", [])
+    n = sum("over the test-time budget" in str(getattr(r, "longrepr", "")) for r in skipped)
+    if n:
+        terminalreporter.write_line(
+            f"{n} tests not run: the time budget of {BUDGET_S:.0f} s per worker was spent (a slow machine)",
+            yellow=True,
+        )

@@ -31,25 +31,18 @@ import textwrap
 
 import pytest
 
+# One optimizer per state layout and update family (an alias that only adds a flag to another one's
+# transform shares its sharding behaviour): each costs two 8-device compilations per mode.
 OPTIMIZER_NAMES = [
     "sgd",
     "sgd_momentum",
-    "sgd_nesterov",
-    "sgd_momentum_dampening",
     "noisy_sgd",
-    "sign_sgd",
     "adagrad",
     "adadelta",
-    "rmsprop",
     "rmsprop_centered_momentum",
-    "adam",
     "adamw",
     "amsgrad",
-    "adamax",
     "adamaxw",
-    "nadam",
-    "nadam_momentum_decay",
-    "nadamw",
     "nadamw_momentum_decay",
     "radam",
     "lion",
@@ -177,7 +170,7 @@ SCRIPT = textwrap.dedent(
     MIXED_GRADS = jax.tree.map(lambda x: (0.5 * x + 0.1).astype(x.dtype), MIXED)
 
     report = {"x64": X64, "n_devices": len(jax.devices()), "optimizers": {}}
-    for name in OPTIMIZERS:
+    for name in sys.argv[1:]:
         entry = {"sharding_problems": {}, "checked": {}, "dtype_problems": []}
         try:
             params, grads = make(0, jnp.float32), make(1, jnp.float32)
@@ -236,7 +229,7 @@ def _start(x64: bool) -> subprocess.Popen:
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_ENABLE_X64"] = "1" if x64 else "0"
     return subprocess.Popen(
-        [sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", SCRIPT, *OPTIMIZER_NAMES], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -274,7 +267,7 @@ def test_x64_mode_matches_request(report, request):
     assert report["x64"] is ("x64" in request.node.callspec.id)
 
 
-STATELESS = ("sgd", "sign_sgd", "noisy_sgd")  # no state leaf shaped like a parameter
+STATELESS = ("sgd", "noisy_sgd")  # no state leaf shaped like a parameter
 
 
 def _entry(report, name):

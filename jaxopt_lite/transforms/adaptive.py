@@ -125,9 +125,6 @@ def _nesterov_first_moment(updates: Any, mu: Any, b1: Any, count: jax.Array) -> 
     return jax.tree.map(lambda m, g: (b1 * m + (1.0 - b1) * g).astype(m.dtype), ahead, now)
 
 
-_safe_div = safe_div  # moved to jaxopt_lite.numerics; the old private name is kept for modules that import it
-
-
 def _root(v: jax.Array, eps_root: Any = 0.0) -> jax.Array:
     """``sqrt(v + eps_root)`` of a second moment (real even when stored in a complex dtype), with a finite
     derivative at 0 (so meta-gradients stay finite where a gradient coordinate is exactly zero)."""

@@ -95,7 +95,11 @@ def _mask_value(owner: str, value: Any) -> bool:
 
 
 def _is_stand_in(params: Any) -> bool:
-    """Whether ``params`` is an opaque placeholder object rather than a tree of arrays or numbers."""
+    """Whether ``params`` is a placeholder object rather than a tree of arrays or numbers: an opaque leaf,
+    or a registered pytree node with no children (as Optax's ``tree_map_params`` passes)."""
+    treedef = jax.tree.structure(params)
+    if treedef.num_leaves == 0 and treedef.num_nodes == 1:
+        return not isinstance(params, (dict, list, tuple, type(None)))
     leaves = jax.tree.leaves(params)
     return (
         len(leaves) == 1
