@@ -73,8 +73,10 @@ def momo(
 
         f_bar <- b f_bar + (1-b) f,  d <- b d + (1-b) g,  gamma <- b gamma + (1-b) <g, x>
         polyak = max((1 + alpha wd)(f_bar - lb - gamma) + <d, x>, 0) / ||d||^2
-        x_new  = (x - tau d) / (1 + alpha wd)
+        x_new  = x / (1 + alpha wd) - tau d
 
+    The decay step is Optax's (``optax.contrib.momo``): the paper also divides
+    ``tau d`` by ``1 + alpha wd``; the two agree without weight decay.
     ``adapt_lower_bound=True`` estimates ``lb`` online (MoMo*, from ``lower_bound``).
     Memory: one buffer per parameter.
     """
@@ -132,7 +134,9 @@ def momo_adam(
     averaged with ``b1`` from 0::
 
         polyak = max((1 + alpha wd)(f_bar - c1 lb - gamma) + <d, x>, 0) / <d, d / D>
-        x_new  = (x - tau d / D) / (1 + alpha wd)
+        x_new  = x / (1 + alpha wd) - tau d / D
+
+    (Optax's decay step, as :func:`momo`.)
 
     Memory: two buffers per parameter.
     """
