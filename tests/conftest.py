@@ -81,6 +81,11 @@ def pytest_collection_modifyitems(config, items):
         items[:] = kept
 
 
+def budget_left_s() -> float:
+    """Seconds this worker may still spend before it stops starting tests."""
+    return BUDGET_S - (time.monotonic() - _START)
+
+
 def pytest_runtest_setup(item):
     spent = time.monotonic() - _START
     if spent > BUDGET_S:
