@@ -165,7 +165,7 @@ from jaxopt_lite.optimizers.adopt import adopt
 from jaxopt_lite.optimizers.muon import muon, scale_by_muon
 
 # utility namespaces and small transforms
-from jaxopt_lite import microbatching, projections, tree_utils
+from jaxopt_lite import assignment, microbatching, projections, tree_utils
 from jaxopt_lite.microbatching import microbatch
 from jaxopt_lite.tree import map_params as tree_map_params
 from jaxopt_lite.transforms.block_scaling import (

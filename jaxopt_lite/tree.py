@@ -69,26 +69,26 @@ def _map2(fn, a: Tree, b: Tree, names=("a", "b")) -> Tree:
     return jax.tree.map(fn, a, b)
 
 
-def add(a: Tree, b: Tree, *others: Tree) -> Tree:
-    """``a + b + ...``: the sum of two or more trees, leaf by leaf."""
-    for i, other in enumerate((b, *others)):
-        check_same_structure(a, other, "first tree", f"tree {i + 2}")
-    return jax.tree.map(lambda x, *rest: builtins.sum(rest, x), a, b, *others)
+def add(tree_x: Tree, tree_y: Tree, *other_trees: Tree) -> Tree:
+    """``tree_x + tree_y + ...``: the sum of two or more trees, leaf by leaf."""
+    for i, other in enumerate((tree_y, *other_trees)):
+        check_same_structure(tree_x, other, "first tree", f"tree {i + 2}")
+    return jax.tree.map(lambda x, *rest: builtins.sum(rest, x), tree_x, tree_y, *other_trees)
 
 
-def sub(a: Tree, b: Tree) -> Tree:
-    """``a - b``."""
-    return _map2(lambda x, y: x - y, a, b)
+def sub(tree_x: Tree, tree_y: Tree) -> Tree:
+    """``tree_x - tree_y``."""
+    return _map2(lambda x, y: x - y, tree_x, tree_y)
 
 
-def mul(a: Tree, b: Tree) -> Tree:
-    """``a * b`` elementwise."""
-    return _map2(lambda x, y: x * y, a, b)
+def mul(tree_x: Tree, tree_y: Tree) -> Tree:
+    """``tree_x * tree_y`` elementwise."""
+    return _map2(lambda x, y: x * y, tree_x, tree_y)
 
 
-def div(a: Tree, b: Tree) -> Tree:
-    """``a / b`` elementwise."""
-    return _map2(lambda x, y: x / y, a, b)
+def div(tree_x: Tree, tree_y: Tree) -> Tree:
+    """``tree_x / tree_y`` elementwise."""
+    return _map2(lambda x, y: x / y, tree_x, tree_y)
 
 
 def scale(scalar: Any, tree: Tree) -> Tree:
@@ -96,24 +96,24 @@ def scale(scalar: Any, tree: Tree) -> Tree:
     return jax.tree.map(lambda x: (scalar * x).astype(x.dtype), tree)
 
 
-def add_scale(a: Tree, scalar: Any, b: Tree) -> Tree:
-    """``a + scalar * b``, each leaf in the dtype of ``a`` (``None`` leaves of ``a`` stay ``None``)."""
-    if jax.tree.structure(a, is_leaf=_is_none) != jax.tree.structure(b, is_leaf=_is_none):
-        check_same_structure(a, b, "a", "b")
+def add_scale(tree_x: Tree, scalar: Any, tree_y: Tree) -> Tree:
+    """``tree_x + scalar * tree_y``, each leaf in the dtype of ``tree_x`` (its ``None`` leaves stay ``None``)."""
+    if jax.tree.structure(tree_x, is_leaf=_is_none) != jax.tree.structure(tree_y, is_leaf=_is_none):
+        check_same_structure(tree_x, tree_y, "tree_x", "tree_y")
 
     def leaf(x, y):
         if x is None:
             return None
         return jnp.asarray(x + scalar * y).astype(jnp.result_type(x))
 
-    return jax.tree.map(leaf, a, b, is_leaf=_is_none)
+    return jax.tree.map(leaf, tree_x, tree_y, is_leaf=_is_none)
 
 
-def vdot(a: Tree, b: Tree) -> jax.Array:
+def vdot(tree_x: Tree, tree_y: Tree) -> jax.Array:
     """The inner product of two trees seen as flat vectors."""
-    check_same_structure(a, b, "a", "b")
-    parts = [jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
-    return builtins.sum(parts, jnp.zeros([], _accumulation_dtype(a)))
+    check_same_structure(tree_x, tree_y, "tree_x", "tree_y")
+    parts = [jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(tree_x), jax.tree.leaves(tree_y))]
+    return builtins.sum(parts, jnp.zeros([], _accumulation_dtype(tree_x)))
 
 
 def sum(tree: Tree, associative_reduction: bool = False) -> jax.Array:  # noqa: A001 - mirrors optax.tree.sum
@@ -138,7 +138,7 @@ def _accumulation_dtype(tree: Tree):
     return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
 
 
-def norm(tree: Tree, ord: int | str | None = 2, squared: bool = False) -> jax.Array:  # noqa: A002
+def norm(tree: Tree, ord: int | str | None = None, squared: bool = False) -> jax.Array:  # noqa: A002
     """The norm of all leaves taken as one vector (``ord`` in ``None`` (= 2), 1, 2, ``inf``).
 
     A real number for complex leaves (``|z|``, never ``z**2``), accumulated in at
@@ -160,9 +160,9 @@ def norm(tree: Tree, ord: int | str | None = 2, squared: bool = False) -> jax.Ar
     raise ValueError(f"tree.norm: ord must be None, 1, 2 or 'inf', got {ord!r}")
 
 
-def global_norm(tree: Tree) -> jax.Array:
+def global_norm(updates: Tree) -> jax.Array:
     """The L2 norm of all leaves taken as one vector, accumulated in at least float32."""
-    return norm(tree)
+    return norm(updates)
 
 
 def _sharded_like(x: Any, out: jax.Array) -> jax.Array:
@@ -194,14 +194,14 @@ def cast(tree: Tree, dtype: Any) -> Tree:
     return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
 
 
-def cast_like(tree: Tree, like: Tree) -> Tree:
-    """Casts each leaf of ``tree`` to the dtype of the matching leaf of ``like``."""
-    return _map2(lambda x, y: x.astype(y.dtype), tree, like)
+def cast_like(tree: Tree, other_tree: Tree) -> Tree:
+    """Casts each leaf of ``tree`` to the dtype of the matching leaf of ``other_tree``."""
+    return _map2(lambda x, y: x.astype(y.dtype), tree, other_tree)
 
 
-def where(condition: Any, a: Tree, b: Tree) -> Tree:
-    """``a`` where ``condition`` (a scalar) holds, else ``b``, leaf by leaf."""
-    return _map2(lambda x, y: jnp.where(condition, x, y), a, b)
+def where(condition: Any, tree_x: Tree, tree_y: Tree) -> Tree:
+    """``tree_x`` where ``condition`` (a scalar) holds, else ``tree_y``, leaf by leaf."""
+    return _map2(lambda x, y: jnp.where(condition, x, y), tree_x, tree_y)
 
 
 def clip(tree: Tree, min_value: Any = None, max_value: Any = None) -> Tree:
@@ -247,7 +247,7 @@ def update_infinity_moment(updates: Tree, moments: Tree, decay: Any, eps: Any) -
     return _map_moments(leaf, updates, moments)
 
 
-def bias_correction(moments: Tree, decay: Any, count: Any) -> Tree:
+def bias_correction(moment: Tree, decay: Any, count: Any) -> Tree:
     """``m / (1 - decay**count)``, the debiasing of an EMA started at zero.
 
     ``count`` may be an integer array or a Python number; the correction is
@@ -265,7 +265,7 @@ def bias_correction(moments: Tree, decay: Any, count: Any) -> Tree:
         dtype = jnp.result_type(m)
         return (jnp.asarray(m) / correction).astype(dtype)
 
-    return jax.tree.map(leaf, moments, is_leaf=_is_none)
+    return jax.tree.map(leaf, moment, is_leaf=_is_none)
 
 
 def zero_count() -> jax.Array:

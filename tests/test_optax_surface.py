@@ -112,7 +112,12 @@ def coverage():
 # --------------------------------------------------------------------------- #
 
 # (namespace, name) -> why our signature differs on purpose.
-SIGNATURE_DIFFERENCES: dict[tuple[str, str], str] = {}
+# Deliberate differences, each with its reason (README, "Compatibility with Optax").
+SIGNATURE_DIFFERENCES: dict[tuple[str, str], str] = {
+    ("<top>", "scale_by_learning_rate"): "learning_rate is required (Optax's default None is no learning rate)",
+    ("<top>", "nadam"): "no nesterov flag: nadam is Nesterov's; adam is the other choice",
+    ("<top>", "nadamw"): "no nesterov flag: nadamw is Nesterov's; adamw is the other choice",
+}
 
 
 def _simple(value):
