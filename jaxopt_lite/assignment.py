@@ -73,27 +73,7 @@ def _empty():
 
 
 def hungarian_algorithm(cost_matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """An optimal assignment for ``cost_matrix`` (``n x m``): ``(i, j)`` with ``cost_matrix[i, j].sum()`` minimal.
-
-    ``i`` is sorted increasingly (``arange(n)`` when ``n <= m``), as ``scipy.optimize.linear_sum_assignment``.
-    Jittable and vmappable (static shapes). Example::
-
-        i, j = hungarian_algorithm(jnp.array([[8, 4, 7], [5, 2, 3], [9, 6, 7], [9, 4, 8]]))  # cost 15
-    """
-    if 0 in jnp.shape(cost_matrix):
-        return _empty()
-    cost, transpose = _prepare(cost_matrix)
-    row_of = _solve_wide(cost) - 1  # for each column of ``cost``, its row (-1: none)
-    if transpose:  # the rows of ``cost`` are the original columns, all matched; list the matched original rows
-        matched_rows = jnp.nonzero(row_of >= 0, size=cost.shape[0])[0]
-        return matched_rows, row_of[matched_rows]
-    col_of = jnp.zeros(cost.shape[0], int).at[jnp.where(row_of >= 0, row_of, cost.shape[0])].set(
-        jnp.arange(cost.shape[1]), mode="drop")
-    return jnp.arange(cost.shape[0]), col_of
-
-
-def base_hungarian_algorithm(cost_matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The same assignment as :func:`hungarian_algorithm`, in Optax's ``base_hungarian_algorithm`` order: for a
+    """The same assignment as :func:`base_hungarian_algorithm`, in Optax's ``hungarian_algorithm`` order: for a
     square matrix ``j = arange(n)``; otherwise the pairs by decreasing index of the shorter side's match."""
     if 0 in jnp.shape(cost_matrix):
         return _empty()
@@ -105,3 +85,24 @@ def base_hungarian_algorithm(cost_matrix: jax.Array) -> tuple[jax.Array, jax.Arr
     else:
         matched_rows, matched_cols = jax.lax.top_k(row_of, rows)
     return (matched_cols, matched_rows) if transpose else (matched_rows, matched_cols)
+
+
+def base_hungarian_algorithm(cost_matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """An optimal assignment for ``cost_matrix`` (``n x m``): ``(i, j)`` with ``cost_matrix[i, j].sum()`` minimal.
+
+    ``i`` is sorted increasingly (``arange(n)`` when ``n <= m``), as ``scipy.optimize.linear_sum_assignment`` and
+    Optax's ``base_hungarian_algorithm``.
+    Jittable and vmappable (static shapes). Example::
+
+        i, j = base_hungarian_algorithm(jnp.array([[8, 4, 7], [5, 2, 3], [9, 6, 7], [9, 4, 8]]))  # cost 15
+    """
+    if 0 in jnp.shape(cost_matrix):
+        return _empty()
+    cost, transpose = _prepare(cost_matrix)
+    row_of = _solve_wide(cost) - 1  # for each column of ``cost``, its row (-1: none)
+    if transpose:  # the rows of ``cost`` are the original columns, all matched; list the matched original rows
+        matched_rows = jnp.nonzero(row_of >= 0, size=cost.shape[0])[0]
+        return matched_rows, row_of[matched_rows]
+    col_of = jnp.zeros(cost.shape[0], int).at[jnp.where(row_of >= 0, row_of, cost.shape[0])].set(
+        jnp.arange(cost.shape[1]), mode="drop")
+    return jnp.arange(cost.shape[0]), col_of
