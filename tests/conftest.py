@@ -5,15 +5,17 @@ JAX's default (32-bit) mode run in a subprocess.
 
 Hypothesis never shrinks here: a failing example is reported as found, since
 shrinking recompiles for every smaller example and can outlast CI's time
-limit. Under CI (``CI`` set) it also runs derandomized: the same examples
-every run, so a red CI is reproducible.
+limit. In the default tier and under CI (``CI`` set) it runs derandomized:
+the same examples every run, so a red CI is reproducible; the full tier
+draws new examples each run.
 
 Two tiers, chosen with ``JAXOPT_LITE_TESTS``:
 
 - ``sample`` (the default, what CI runs): every test function runs, with its
   first parametrized case and a fixed quarter of the others (chosen by a hash
   of the test's id, so the same cases every run and on every xdist worker);
-  tests marked ``slow`` are skipped.
+  tests marked ``slow`` are skipped. Tests named by id on the command line
+  (``file.py::test`` or ``file.py::test[case]``) run whatever the tier.
 - ``full``: every case of every test.
 
 Whatever the tier, a worker that has spent ``JAXOPT_LITE_TEST_BUDGET_S``
@@ -34,11 +36,12 @@ from hypothesis import Phase, settings
 jax.config.update("jax_enable_x64", True)
 
 _NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
-settings.register_profile("local", phases=_NO_SHRINK)
+settings.register_profile("local", deadline=None, phases=_NO_SHRINK)  # no deadline: first calls compile
 settings.register_profile("ci", derandomize=True, deadline=None, phases=_NO_SHRINK)
-settings.load_profile("ci" if os.environ.get("CI") else "local")
 
 TIER = os.environ.get("JAXOPT_LITE_TESTS", "sample")
+settings.load_profile("ci" if os.environ.get("CI") or TIER != "full" else "local")
+
 SAMPLE_ONE_IN = 4
 BUDGET_S = float(os.environ.get("JAXOPT_LITE_TEST_BUDGET_S", "1200"))
 _START = time.monotonic()
@@ -71,10 +74,12 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=_order)  # stable: collection order otherwise
     if TIER == "full":
         return
+    named = tuple(arg.replace("\\", "/") for arg in config.args if "::" in arg)  # tests asked for by id run whole
     kept, dropped, seen = [], [], set()
     for item in items:
         function = item.nodeid.split("[")[0]
-        (kept if _in_sample(item, function not in seen) else dropped).append(item)
+        asked = any(item.nodeid.endswith(arg) or function.endswith(arg) for arg in named)
+        (kept if asked or _in_sample(item, function not in seen) else dropped).append(item)
         seen.add(function)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
