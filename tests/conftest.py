@@ -13,8 +13,9 @@ Two tiers, chosen with ``JAXOPT_LITE_TESTS``:
 
 - ``sample`` (the default, what CI runs): every test function runs, with its
   first parametrized case and a fixed quarter of the others (chosen by a hash
-  of the test's id, so the same cases every run and on every xdist worker);
-  tests marked ``slow`` are skipped. Tests named by id on the command line
+  of the test's id, so the same cases every run and on every xdist worker),
+  at most ``PER_FILE`` tests a file beyond the first cases; tests marked
+  ``slow`` are skipped. Tests named by id on the command line
   (``file.py::test`` or ``file.py::test[case]``) run whatever the tier.
 - ``full``: every case of every test.
 
@@ -43,6 +44,7 @@ TIER = os.environ.get("JAXOPT_LITE_TESTS", "sample")
 settings.load_profile("ci" if os.environ.get("CI") or TIER != "full" else "local")
 
 SAMPLE_ONE_IN = 4
+PER_FILE = 24
 BUDGET_S = float(os.environ.get("JAXOPT_LITE_TEST_BUDGET_S", "1080"))
 _START = time.monotonic()
 
@@ -53,34 +55,34 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: runs only with JAXOPT_LITE_TESTS=full")
 
 
-def _in_sample(item, first_of_its_function: bool) -> bool:
-    if item.get_closest_marker("slow"):
-        return False
-    if getattr(item, "callspec", None) is None or first_of_its_function:
-        return True
-    return zlib.crc32(item.nodeid.encode()) % SAMPLE_ONE_IN == 0
-
-
-# Modules whose tests wait on a long subprocess start first, while the budget is whole.
-_FIRST = ("test_sharding.py", "test_benchmarks_smoke.py")
-
-
-def _order(item) -> int:
-    name = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
-    return _FIRST.index(name) if name in _FIRST else len(_FIRST)
+def _in_sample(item) -> bool:
+    """A case beyond its function's first: in the default tier one in ``SAMPLE_ONE_IN``, fixed by its id."""
+    return not item.get_closest_marker("slow") and zlib.crc32(item.nodeid.encode()) % SAMPLE_ONE_IN == 0
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=_order)  # stable: collection order otherwise
     if TIER == "full":
         return
     named = tuple(arg.replace("\\", "/") for arg in config.args if "::" in arg)  # tests asked for by id run whole
-    kept, dropped, seen = [], [], set()
+    chosen, seen, extra = set(), set(), {}
     for item in items:
         function = item.nodeid.split("[")[0]
-        asked = any(item.nodeid.endswith(arg) or function.endswith(arg) for arg in named)
-        (kept if asked or _in_sample(item, function not in seen) else dropped).append(item)
+        if any(item.nodeid.endswith(arg) or function.endswith(arg) for arg in named) or (
+            function not in seen and not item.get_closest_marker("slow")
+        ):
+            chosen.add(item.nodeid)
+        elif _in_sample(item):
+            extra.setdefault(item.nodeid.split("::")[0], []).append(item.nodeid)
         seen.add(function)
+    # A file keeps at most PER_FILE tests (or more, if it has more functions: each keeps its first case).
+    # xdist's loadfile starts the largest files first; even sizes let a time-limited run reach every file.
+    firsts = {}
+    for nodeid in chosen:
+        firsts[nodeid.split("::")[0]] = firsts.get(nodeid.split("::")[0], 0) + 1
+    for module, nodeids in extra.items():
+        chosen.update(nodeids[: max(0, PER_FILE - firsts.get(module, 0))])
+    kept = [item for item in items if item.nodeid in chosen]
+    dropped = [item for item in items if item.nodeid not in chosen]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
