@@ -80,7 +80,7 @@ def scale_by_adan(
         m_hat, v_hat, n_hat = (_tree.bias_correction(x, b, t) for x, b in ((m, b1), (v, b2), (n, b3)))
 
         def leaf(mh, vh, nh, g):
-            return numerics.safe_div(mh + w * vh, jnp.sqrt(nh + eps_root) + eps).astype(g.dtype)
+            return numerics.safe_div(mh + w * vh, numerics.safe_sqrt(nh + eps_root) + eps).astype(g.dtype)
 
         out = jax.tree.map(leaf, m_hat, v_hat, n_hat, updates)
         g = jax.tree.map(lambda g, prev: g.astype(prev.dtype), updates, state.g)

@@ -16,6 +16,7 @@ from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, chain
 from jaxopt_lite.numerics import safe_div as _safe_div
+from jaxopt_lite.numerics import safe_sqrt as _safe_sqrt
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -99,7 +100,7 @@ def scale_by_ademamix(
         nu_hat = _tree.bias_correction(nu, b2, count)
 
         def leaf(g, a, b, v):
-            return _safe_div(a + alpha_now * b, jnp.sqrt(v + eps_root) + eps).astype(g.dtype)
+            return _safe_div(a + alpha_now * b, _safe_sqrt(v + eps_root) + eps).astype(g.dtype)
 
         direction = jax.tree.map(leaf, updates, m1_hat, m2, nu_hat)
         count_m2 = _tree.safe_increment(state.count_m2)
@@ -172,7 +173,7 @@ def scale_by_simplified_ademamix(
         n_hat = _tree.bias_correction(n, b2, t)
 
         def leaf(g, m, v):
-            return _safe_div(m + alpha_now * g, jnp.sqrt(v + eps_root) + eps).astype(g.dtype)
+            return _safe_div(m + alpha_now * g, _safe_sqrt(v + eps_root) + eps).astype(g.dtype)
 
         return jax.tree.map(leaf, updates, m, n_hat), ScaleBySimplifiedAdEMAMixState(t=t, m=m, n=n)
 

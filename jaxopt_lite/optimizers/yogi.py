@@ -64,7 +64,10 @@ def scale_by_yogi(
         mu_hat = _tree.bias_correction(mu, b1, count) if bias_correction else mu
         nu_hat = _tree.bias_correction(nu, b2, count) if bias_correction else nu
         out = jax.tree.map(
-            lambda m, v, g: numerics.safe_div(m, jnp.sqrt(v + eps_root) + eps).astype(g.dtype), mu_hat, nu_hat, updates
+            lambda m, v, g: numerics.safe_div(m, numerics.safe_sqrt(v + eps_root) + eps).astype(g.dtype),
+            mu_hat,
+            nu_hat,
+            updates,
         )
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
