@@ -22,9 +22,8 @@ def _like(tree: Tree, value: Tree) -> Tree:
     """``value`` as a tree shaped like ``tree``: a tree of the same structure, or one scalar for every leaf."""
     if jax.tree.structure(value) == jax.tree.structure(tree):
         return value
-    if jax.tree.structure(value).num_leaves == 1 and jnp.ndim(jax.tree.leaves(value)[0]) == 0:
-        scalar = jax.tree.leaves(value)[0]
-        return jax.tree.map(lambda _: scalar, tree)
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(value)) and jnp.ndim(value) == 0:
+        return jax.tree.map(lambda _: value, tree)
     _tree.check_same_structure(tree, value, "tree", "bound")
     return value
 
