@@ -148,9 +148,13 @@ def schedule_free(
     return GradientTransformationExtraArgs(init, update)
 
 
-def _with_warmup(learning_rate: ScalarOrSchedule, warmup_steps: int | jax.Array | None) -> ScalarOrSchedule:
+def _with_warmup(
+    owner: str, learning_rate: ScalarOrSchedule, warmup_steps: int | jax.Array | None
+) -> ScalarOrSchedule:
     if warmup_steps is None:
         return learning_rate
+    if not callable(learning_rate):
+        _checks.check_learning_rate(owner, learning_rate)  # the error names the optimizer, not the warmup
     return warmup_constant_schedule(init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps)
 
 
@@ -168,7 +172,7 @@ def schedule_free_sgd(
     scaled by the learning rate as in PyTorch). ``warmup_steps`` adds a linear
     warmup from 0 (``warmup_constant_schedule``).
     """
-    learning_rate = _with_warmup(learning_rate, warmup_steps)
+    learning_rate = _with_warmup("schedule_free_sgd", learning_rate, warmup_steps)
     base = sgd(learning_rate)
     if weight_decay is not None:
         base = chain(add_decayed_weights(weight_decay), base)
@@ -190,7 +194,7 @@ def schedule_free_adamw(
     ``v <- b2 v + (1-b2) g^2``, ``z <- z - lr_t (g / (sqrt(v / (1 - b2^t)) + eps) + weight_decay * y)``.
     Memory: two buffers per parameter (``v`` and ``z``).
     """
-    learning_rate = _with_warmup(learning_rate, warmup_steps)
+    learning_rate = _with_warmup("schedule_free_adamw", learning_rate, warmup_steps)
     base = chain(
         scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
         add_decayed_weights(weight_decay),
