@@ -146,7 +146,7 @@ def test_monitoring_matches_optax():
     for t, n in enumerate(clipped, 1):
         ema = 0.9 * ema + 0.1 * n
         reference = ema / (1 - 0.9**t)
-    assert float(jol.tree.get(ours[0], "ema")) == pytest.approx(reference, rel=1e-13)
+    assert float(ours[0][2].measurements["ema"]) == pytest.approx(reference, rel=1e-13)
     assert jol.monitor({"n": jol.tree.norm}).init(PARAMS) == jol.MonitorState({}, (jol.EmptyState(),))
 
 
