@@ -26,6 +26,7 @@ would outlast CI's limit, the run stops early and says what it left out
 instead of being killed.
 """
 
+import collections
 import os
 import time
 import zlib
@@ -76,11 +77,9 @@ def pytest_collection_modifyitems(config, items):
         seen.add(function)
     # A file keeps at most PER_FILE tests (or more, if it has more functions: each keeps its first case).
     # xdist's loadfile starts the largest files first; even sizes let a time-limited run reach every file.
-    firsts = {}
-    for nodeid in chosen:
-        firsts[nodeid.split("::")[0]] = firsts.get(nodeid.split("::")[0], 0) + 1
+    firsts = collections.Counter(nodeid.split("::")[0] for nodeid in chosen)
     for module, nodeids in extra.items():
-        chosen.update(nodeids[: max(0, PER_FILE - firsts.get(module, 0))])
+        chosen.update(nodeids[: max(0, PER_FILE - firsts[module])])
     kept = [item for item in items if item.nodeid in chosen]
     dropped = [item for item in items if item.nodeid not in chosen]
     if dropped:
@@ -94,9 +93,8 @@ def budget_left_s() -> float:
 
 
 def pytest_runtest_setup(item):
-    spent = time.monotonic() - _START
-    if spent > BUDGET_S:
-        pytest.skip(f"over the test-time budget ({spent:.0f} s > JAXOPT_LITE_TEST_BUDGET_S={BUDGET_S:.0f} s)")
+    if budget_left_s() < 0:
+        pytest.skip(f"over the test-time budget (JAXOPT_LITE_TEST_BUDGET_S={BUDGET_S:.0f} s spent)")
 
 
 def pytest_terminal_summary(terminalreporter):
