@@ -20,7 +20,7 @@ Two tiers, chosen with ``JAXOPT_LITE_TESTS``:
 - ``full``: every case of every test.
 
 Whatever the tier, a worker that has spent ``JAXOPT_LITE_TEST_BUDGET_S``
-seconds (default 1080, 18 minutes) skips the tests it has not started, each with a reason
+seconds (default 900, 15 minutes) skips the tests it has not started, each with a reason
 that says so, and the summary counts them: on a machine so slow that the run
 would outlast CI's limit, the run stops early and says what it left out
 instead of being killed.
@@ -46,7 +46,7 @@ settings.load_profile("ci" if os.environ.get("CI") or TIER != "full" else "local
 
 SAMPLE_ONE_IN = 4
 PER_FILE = 24
-BUDGET_S = float(os.environ.get("JAXOPT_LITE_TEST_BUDGET_S", "1080"))
+BUDGET_S = float(os.environ.get("JAXOPT_LITE_TEST_BUDGET_S", "900"))
 _START = time.monotonic()
 
 
