@@ -200,6 +200,8 @@ from jaxopt_lite.optimizers.lbfgs import ScaleByLBFGSState, lbfgs, scale_by_lbfg
 from jaxopt_lite.optimizers.adan import ScaleByAdanState, adan, scale_by_adan
 from jaxopt_lite.optimizers.rprop import ScaleByRpropState, rprop, scale_by_rprop
 from jaxopt_lite.optimizers.yogi import scale_by_yogi, yogi
+from jaxopt_lite.optimizers.adafactor import FactoredState, adafactor, scale_by_factored_rms
+from jaxopt_lite.optimizers.sm3 import ScaleBySM3State, scale_by_sm3, sm3
 # parameter-free: Optax has LDoG at the top level
 from jaxopt_lite.optimizers.dog import scale_by_distance_over_gradients
 

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 
 from jaxopt_lite import _checks
-from jaxopt_lite.base import GradientTransformationExtraArgs, ScalarOrSchedule, chain, identity
+from jaxopt_lite.base import GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain, identity
 from jaxopt_lite.transforms.adaptive import (
     scale_by_adadelta,
     scale_by_adam,
@@ -42,6 +42,7 @@ def _momentum(
     return trace(momentum, nesterov, accumulator_dtype, dampening=dampening)
 
 
+@alias
 def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: Scalar | None = None,
@@ -61,6 +62,7 @@ def sgd(
     return chain(_momentum(momentum, nesterov, accumulator_dtype, dampening), scale_by_learning_rate(learning_rate))
 
 
+@alias
 def noisy_sgd(
     learning_rate: ScalarOrSchedule,
     eta: Scalar = 0.01,
@@ -76,11 +78,13 @@ def noisy_sgd(
     return chain(add_noise(eta, gamma, key, seed=seed), scale_by_learning_rate(learning_rate))
 
 
+@alias
 def sign_sgd(learning_rate: ScalarOrSchedule) -> GradientTransformationExtraArgs:
     """signSGD (Bernstein et al., 2018): ``p <- p - lr * sign(g)``."""
     return chain(scale_by_sign(), scale_by_learning_rate(learning_rate))
 
 
+@alias
 def adagrad(
     learning_rate: ScalarOrSchedule, initial_accumulator_value: Scalar = 0.1, eps: Scalar = 1e-7
 ) -> GradientTransformationExtraArgs:
@@ -91,6 +95,7 @@ def adagrad(
     return chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))
 
 
+@alias
 def adadelta(
     learning_rate: ScalarOrSchedule | None = None,
     rho: Scalar = 0.9,
@@ -110,6 +115,7 @@ def adadelta(
     )
 
 
+@alias
 def rmsprop(
     learning_rate: ScalarOrSchedule,
     decay: Scalar = 0.9,
@@ -136,6 +142,7 @@ def rmsprop(
     )
 
 
+@alias
 def adam(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -157,6 +164,7 @@ def adam(
     )
 
 
+@alias
 def adamw(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -182,6 +190,7 @@ def adamw(
     )
 
 
+@alias
 def amsgrad(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -203,6 +212,7 @@ def amsgrad(
     )
 
 
+@alias
 def adamax(
     learning_rate: ScalarOrSchedule, b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8
 ) -> GradientTransformationExtraArgs:
@@ -210,6 +220,7 @@ def adamax(
     return chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))
 
 
+@alias
 def adamaxw(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -230,6 +241,7 @@ def _nadam_direction(b1, b2, eps, eps_root, mu_dtype, momentum_decay):
     return scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype)
 
 
+@alias
 def nadam(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -253,6 +265,7 @@ def nadam(
     )
 
 
+@alias
 def nadamw(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -273,6 +286,7 @@ def nadamw(
     )
 
 
+@alias
 def radam(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -289,6 +303,7 @@ def radam(
     )
 
 
+@alias
 def lion(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -303,6 +318,7 @@ def lion(
     )
 
 
+@alias
 def adabelief(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -316,6 +332,7 @@ def adabelief(
     return chain(scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov), scale_by_learning_rate(learning_rate))
 
 
+@alias
 def lamb(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -337,6 +354,7 @@ def lamb(
     )
 
 
+@alias
 def lars(
     learning_rate: ScalarOrSchedule,
     weight_decay: ScalarOrSchedule = 0.0,

@@ -10,6 +10,7 @@ State is an immutable pytree (NamedTuples of arrays) built by mapping over
 identically sharded state.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, Union, runtime_checkable
 
@@ -110,6 +111,85 @@ def _check_transformation(owner: str, which: str, t: Any) -> None:
         raise TypeError(f"{owner}: {which} is not a GradientTransformation: {t!r}")
 
 
+def _renamed(owner: str, error: Exception) -> Exception:
+    """``error`` with ``owner: `` in front of its message (plain ``ValueError``/``TypeError`` only), or itself."""
+    if type(error) not in (ValueError, TypeError) or str(error).startswith(f"{owner}:"):
+        return error
+    return type(error)(f"{owner}: {error}")
+
+
+def _state_mismatch(owner: str, init: Callable, state: Any, likes: tuple) -> str | None:
+    """Why ``state`` is not of the kind ``init`` makes (a node of another type somewhere); else ``None``.
+
+    ``init`` runs abstractly on the first of ``likes`` (params, then updates) it
+    accepts. Leaves or keys that differ under nodes of the same types are not
+    reported here: the transforms' own shape and structure errors say more.
+    """
+    for like in likes:
+        if like is None:
+            continue
+        try:
+            expected = jax.eval_shape(init, like)
+            break
+        except Exception:  # noqa: BLE001, PERF203, S112 - try the next; with none, the original error stands
+            continue
+    else:
+        return None
+    found = _tree.first_difference(expected, state)
+    if found is None or type(found[1]) is type(found[2]):
+        return None
+    path, want, got = found
+    where = "state" + jax.tree_util.keystr(path) if path else "the root"
+    return (
+        f"{owner}: the state passed to update is not one {owner}'s init makes (another optimizer's state, or "
+        f"state and params swapped?): at {where} {owner}'s init makes "
+        f"{_tree.describe_node(want)}, the state passed has {_tree.describe_node(got)}"
+    )
+
+
+def with_owner(owner: str, tx: GradientTransformation) -> GradientTransformationExtraArgs:
+    """``tx`` whose ``update`` errors name ``owner``, the optimizer the user called.
+
+    Costs nothing on the happy path: only when ``update`` raises is the state
+    compared with what ``init`` makes (under ``jax.eval_shape``); a state of
+    another optimizer is then reported with the key path of the first
+    difference, any other ``ValueError``/``TypeError`` gets ``owner: `` in front.
+    """
+    tx = with_extra_args_support(tx)
+
+    def update(updates, state, params=None, **extra_args):
+        try:
+            return tx.update(updates, state, params, **extra_args)
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError) as error:
+            problem = _state_mismatch(owner, tx.init, state, (params, updates))
+            if problem is not None:
+                raise ValueError(problem) from error
+            renamed = _renamed(owner, error)
+            if renamed is error:
+                raise
+            raise renamed from error
+
+    return GradientTransformationExtraArgs(tx.init, update)
+
+
+def alias(constructor: Callable[..., GradientTransformation]) -> Callable[..., GradientTransformationExtraArgs]:
+    """Decorates an optimizer's constructor so that its errors, at construction and in ``update``, name it."""
+    owner = constructor.__name__
+
+    @functools.wraps(constructor)
+    def build(*args, **kwargs):
+        try:
+            tx = constructor(*args, **kwargs)
+        except (ValueError, TypeError) as error:
+            renamed = _renamed(owner, error)
+            if renamed is error:
+                raise
+            raise renamed from error
+        return with_owner(owner, tx)
+
+    return build
+
+
 def identity() -> GradientTransformation:
     """Returns the updates unchanged: ``u -> u``."""
 
@@ -182,7 +262,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
                 f"got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else 'n/a'}"
             )
         if params is not None:
-            _tree.check_same_structure(updates, params, "updates", "params")
+            _tree.check_same_shapes(updates, params, "updates", "params")
         new_state = []
         for t, s in zip(transforms, state):
             updates, s = t.update(updates, s, params, **extra_args)

@@ -95,6 +95,49 @@ def kernel_available() -> bool:
     return True
 
 
+def _kernel_call(p, g, m, v, hyper):
+    """The kernel on one leaf (any shape: it reads every buffer as a flat array), updated in place."""
+    like = jax.ShapeDtypeStruct(p.shape, jnp.float32)
+    call = jax.ffi.ffi_call(
+        _TARGET, (like, like, like), input_output_aliases={0: 0, 2: 1, 3: 2}, vmap_method="sequential"
+    )
+    return call(p, g, m, v, hyper)
+
+
+@functools.cache
+def _partitioned_step(ndim: int):
+    """:func:`_kernel_call` for leaves of rank ``ndim``, partitioned elementwise.
+
+    Each device runs the kernel on its own shard of the parameter, with the
+    gradient and both moments laid out as the parameter and the 9 scalars
+    replicated: a sharded model is never gathered (without this rule the SPMD
+    partitioner replicates every operand of a custom call).
+    """
+    from jax.experimental.custom_partitioning import custom_partitioning
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    def shardings(mesh, arg_shapes):
+        like_param = arg_shapes[0].sharding
+        return like_param, NamedSharding(mesh, PartitionSpec())
+
+    def infer(mesh, arg_shapes, result_shape):
+        like_param, _ = shardings(mesh, arg_shapes)
+        return (like_param,) * 3
+
+    def partition(mesh, arg_shapes, result_shape):
+        like_param, replicated = shardings(mesh, arg_shapes)
+        return mesh, _kernel_call, (like_param,) * 3, (like_param,) * 4 + (replicated,)
+
+    step = custom_partitioning(_kernel_call)
+    dims = " ".join(f"d{i}" for i in range(ndim))
+    step.def_partition(
+        partition=partition,
+        infer_sharding_from_operands=infer,
+        sharding_rule=f"{dims}, {dims}, {dims}, {dims}, h -> {dims}, {dims}, {dims}",
+    )
+    return step
+
+
 class FusedStep(NamedTuple):
     """``init(params) -> state`` and ``step(params, grads, state) -> (params, state)``."""
 
@@ -130,6 +173,7 @@ def adamw_step(
     adam = scale_by_adam(b1, b2, eps, eps_root)
 
     def step(params, grads, state):
+        _checks.check_state_type("adamw_step", state, ScaleByAdamState)
         _tree.check_same_shapes(grads, params, "grads", "params")
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         gscale = 1.0 if max_grad_norm is None else clip_factor(_tree.global_norm(grads), max_grad_norm)
@@ -150,15 +194,13 @@ def adamw_step(
                 lr, b1, b2, eps, eps_root, weight_decay, 1.0 / (1.0 - b1**t), 1.0 / (1.0 - b2**t), gscale)])
 
             def leaf(p, g, m, v):
-                flat = jax.ShapeDtypeStruct((p.size,), jnp.float32)
-                call = jax.ffi.ffi_call(
-                    _TARGET, (flat, flat, flat), input_output_aliases={0: 0, 2: 1, 3: 2}, vmap_method="sequential"
-                )
-                return call(p.ravel(), g.ravel(), m.ravel(), v.ravel(), hyper)
+                shaped = (p, g, m, v) if p.ndim else tuple(x.reshape(1) for x in (p, g, m, v))
+                out = _partitioned_step(shaped[0].ndim)(*shaped, hyper)
+                return tuple(x.reshape(p.shape) for x in out)
 
             out = [leaf(*xs) for xs in zip(leaves, *(jax.tree.leaves(t) for t in (grads, state.mu, state.nu)))]
             treedef = jax.tree.structure(params)
-            unflatten = lambda i: jax.tree.unflatten(treedef, [o[i].reshape(x.shape) for o, x in zip(out, leaves)])  # noqa: E731
+            unflatten = lambda i: jax.tree.unflatten(treedef, [o[i] for o in out])  # noqa: E731
             return unflatten(0), ScaleByAdamState(count=count, mu=unflatten(1), nu=unflatten(2))
 
         return jax.lax.platform_dependent(cpu=kernel, default=composed)

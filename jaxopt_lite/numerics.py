@@ -3,14 +3,16 @@
 Each function here is exact where the plain formula is finite and differs only
 where the plain formula would give ``nan`` or ``inf`` from valid input:
 
-- :func:`safe_sqrt` is ``sqrt`` whose derivative at 0 is 0 instead of ``inf``
-  (so meta-gradients through Adam's ``sqrt(v)`` stay finite when a gradient
-  coordinate is exactly zero);
+- :func:`safe_sqrt` and :func:`safe_cbrt` are ``sqrt`` and ``cbrt`` whose
+  derivative at 0 is 0 instead of ``inf`` (so meta-gradients through Adam's
+  ``sqrt(v)`` or MADGRAD's ``cbrt`` stay finite when a gradient coordinate is
+  exactly zero);
 - :func:`safe_div` is ``n / d`` with 0 where ``d == 0`` (and finite gradients);
 - :func:`abs_sq` is ``|z|**2`` (``z * conj(z)``), real for complex input;
 - :func:`safe_norm` and :func:`safe_root_mean_squares` floor a norm with
   correct gradients at zero (Optax's names and signatures);
-- :func:`global_norm` and :func:`norms` are overflow-safe: a single
+- :func:`global_norm` and :func:`norms` (and their ``scaled_*`` forms, for
+  norms above the dtype's maximum) are overflow-safe: a single
   ``lax.cond`` on the whole tree's result (never one per leaf) switches to a
   sum rescaled by the largest magnitude when the plain sum overflows;
 - :func:`safe_increment` adds 1 to a counter, saturating at its dtype's maximum.
@@ -37,6 +39,20 @@ def _safe_sqrt_jvp(primals, tangents):
     root = jnp.sqrt(x)
     positive = x > 0
     return root, jnp.where(positive, t / (2 * jnp.where(positive, root, 1)), jnp.zeros_like(t))
+
+
+@jax.custom_jvp
+def safe_cbrt(x: jax.Array) -> jax.Array:
+    """``cbrt(x)`` whose derivative at ``x == 0`` is 0 (not ``inf``); forward values are ``jnp.cbrt``'s."""
+    return jnp.cbrt(x)
+
+
+@safe_cbrt.defjvp
+def _safe_cbrt_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    root = jnp.cbrt(x)
+    nonzero = x != 0
+    return root, jnp.where(nonzero, t / (3 * jnp.square(jnp.where(nonzero, root, 1))), jnp.zeros_like(t))
 
 
 def safe_div(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
@@ -124,14 +140,17 @@ def _max_abs(x: jax.Array, axis: Any, dtype: Any) -> jax.Array:
     return _reduce(jnp.max, jnp.abs(x), axis).astype(dtype)
 
 
-def norms(leaves: list, axes: list | None = None, dtype: Any = None) -> list:
-    """The L2 norm of each leaf (over ``axes[i]`` with kept dimensions, or of the whole leaf), overflow-safe.
+def scaled_norms(leaves: list, axes: list | None = None, dtype: Any = None) -> list[tuple[jax.Array, jax.Array]]:
+    """Each leaf's L2 norm (over ``axes[i]`` with kept dimensions, or of the whole leaf) as ``(scale, root)``.
 
+    The norm is ``scale * root``; ``scale`` is 1 unless a plain sum of squares
+    overflowed, in which case it is the largest magnitude of the unit and
+    ``root = sqrt(sum |x / scale|**2)``. A norm that is itself above the dtype's
+    maximum stays usable this way: ``x * (c / norm)`` is ``(x / scale) * (c / root)``.
     ``|z|`` for complex entries; computed in ``dtype`` (default: the leaves'
-    dtype, at least float32). The plain sums of squares run first; a single
-    ``lax.cond`` for all leaves together (never one per leaf) recomputes them as
-    ``s * sqrt(sum |x / s|**2)``, ``s`` the largest magnitude of each unit, when
-    any plain sum overflows. The derivative at a zero norm is 0.
+    dtype, at least float32). The plain sums run first; one ``lax.cond`` for all
+    leaves together (never one per leaf) rescales them all when any overflows.
+    The derivative at a zero norm is 0.
     """
     leaves = [jnp.asarray(x) for x in leaves]
     if not leaves:
@@ -151,14 +170,20 @@ def norms(leaves: list, axes: list | None = None, dtype: Any = None) -> list:
 
     finite = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(q)) for q in plain])
     scales, sums = jax.lax.cond(finite, unscaled, rescaled, None)
-    return [s * safe_sqrt(q) for s, q in zip(scales, sums)]
+    return [(s, safe_sqrt(q)) for s, q in zip(scales, sums)]
 
 
-def global_norm(leaves: list, dtype: Any = None) -> jax.Array:
-    """The L2 norm of all ``leaves`` as one vector, overflow-safe (the direction of a clipped update is kept).
+def norms(leaves: list, axes: list | None = None, dtype: Any = None) -> list:
+    """The L2 norm of each leaf (see :func:`scaled_norms`), ``inf`` where it exceeds the dtype's maximum."""
+    return [s * r for s, r in scaled_norms(leaves, axes, dtype)]
+
+
+def scaled_global_norm(leaves: list, dtype: Any = None) -> tuple[jax.Array, jax.Array]:
+    """The L2 norm of all ``leaves`` as one vector, as ``(scale, root)`` with norm ``scale * root``.
 
     The plain sum of squares runs in one pass; only if it overflows does one
-    ``lax.cond`` (for the whole tree) recompute it scaled by the largest magnitude.
+    ``lax.cond`` (for the whole tree) recompute it scaled by the largest
+    magnitude (then ``scale`` is that magnitude, else 1; see :func:`scaled_norms`).
     """
     leaves = [jnp.asarray(x) for x in leaves]
     dtype = accumulation_dtype(leaves) if dtype is None else dtype
@@ -172,4 +197,10 @@ def global_norm(leaves: list, dtype: Any = None) -> jax.Array:
         return s, builtins.sum((jnp.sum(abs_sq(x / s)).astype(dtype) for x in wide), zero)
 
     s, q = jax.lax.cond(jnp.isfinite(plain), lambda _: (jnp.ones([], dtype), plain), rescaled, None)
-    return s * safe_sqrt(q)
+    return s, safe_sqrt(q)
+
+
+def global_norm(leaves: list, dtype: Any = None) -> jax.Array:
+    """The L2 norm of all ``leaves`` as one vector (see :func:`scaled_global_norm`); ``inf`` above the maximum."""
+    s, r = scaled_global_norm(leaves, dtype)
+    return s * r

@@ -28,18 +28,58 @@ def _describe(tree: Tree) -> str:
     return text if len(text) <= 300 else text[:300] + "..."
 
 
+def _children(node: Any) -> list[tuple[Any, Any]] | None:
+    """``node``'s direct children as ``(key, child)`` pairs; ``None`` for a leaf."""
+    pairs, _ = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    if len(pairs) == 1 and pairs[0][0] == () and pairs[0][1] is node:
+        return None
+    return [(path[0], child) for path, child in pairs]
+
+
+def describe_node(node: Any) -> str:
+    """A short description of one pytree node: its type and its children's keys, or that it is a leaf."""
+    if node is None:
+        return "None"
+    children = _children(node)
+    if children is None:
+        return f"a leaf ({type(node).__name__})"
+    keys = [jax.tree_util.keystr((k,)) for k, _ in children]
+    shown = " ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
+    return f"a {type(node).__name__} of {len(keys)} ({shown})" if keys else f"an empty {type(node).__name__}"
+
+
+def first_difference(a: Tree, b: Tree) -> tuple[tuple, Any, Any] | None:
+    """Where the structures of ``a`` and ``b`` first differ: ``(key path, node of a, node of b)``; else ``None``."""
+    path: tuple = ()
+    while True:
+        ca, cb = _children(a), _children(b)
+        same_kind = (ca is None) == (cb is None) and (ca is None or type(a) is type(b))
+        if ca is not None and same_kind and [k for k, _ in ca] == [k for k, _ in cb]:
+            for (key, xa), (_, xb) in zip(ca, cb):
+                if jax.tree.structure(xa) != jax.tree.structure(xb):
+                    path, a, b = path + (key,), xa, xb
+                    break
+            else:
+                return None
+            continue
+        if ca is None and cb is None and (a is None) == (b is None):
+            return None
+        return path, a, b
+
+
 def check_same_structure(a: Tree, b: Tree, name_a: str = "first tree", name_b: str = "second tree") -> None:
-    """Raises ``ValueError`` naming both trees if their structures differ."""
-    sa, sb = jax.tree.structure(a), jax.tree.structure(b)
-    if sa != sb:
+    """Raises ``ValueError`` naming both trees and the key path where they first differ."""
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        path, node_a, node_b = first_difference(a, b) or ((), a, b)
         raise ValueError(
-            f"{name_a} and {name_b} must have the same tree structure, but\n"
-            f"  {name_a}: {_describe(a)}\n  {name_b}: {_describe(b)}"
+            f"{name_a} and {name_b} must have the same tree structure, but they differ at "
+            f"{jax.tree_util.keystr(path) or 'the root'}: {name_a} has {describe_node(node_a)}, "
+            f"{name_b} has {describe_node(node_b)}"
         )
 
 
 def check_same_shapes(a: Tree, b: Tree, name_a: str = "first tree", name_b: str = "second tree") -> None:
-    """Like :func:`check_same_structure`, and the leaves must have the same shapes."""
+    """Like :func:`check_same_structure`, and the leaves must have the same shapes (no silent broadcast)."""
     check_same_structure(a, b, name_a, name_b)
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
         if jnp.shape(x) != jnp.shape(y):
@@ -47,6 +87,13 @@ def check_same_shapes(a: Tree, b: Tree, name_a: str = "first tree", name_b: str 
                 f"{name_a} and {name_b} must have the same leaf shapes, but at {jax.tree_util.keystr(path)} "
                 f"{name_a} has shape {jnp.shape(x)} and {name_b} has shape {jnp.shape(y)}"
             )
+
+
+def require_params(owner: str, updates: Tree, params: Tree, why: str = "") -> None:
+    """Raises ``ValueError`` if ``params`` is ``None`` or not shaped like ``updates`` (a silent broadcast)."""
+    if params is None:
+        raise ValueError(f"{owner}: params must be passed to update{f' ({why})' if why else ''}")
+    check_same_shapes(updates, params, "updates", "params")
 
 
 def check_floating(params: Tree, owner: str) -> None:
@@ -166,11 +213,17 @@ def global_norm(updates: Tree) -> jax.Array:
 
 
 def _sharded_like(x: Any, out: jax.Array) -> jax.Array:
-    """Under a trace, ties the sharding of ``out`` to that of ``x`` (eager ``*_like`` already does)."""
+    """``out`` with the sharding of ``x``: tied under a trace, placed eagerly.
+
+    Eager ``jnp.zeros_like`` keeps a sharding only for strongly typed input: a
+    weak-typed leaf (``jnp.full(shape, 0.1)``) would get single-device state.
+    """
     if isinstance(x, jax.core.Tracer):
         from jax.experimental.shard_alike import shard_alike
 
         _, out = shard_alike(x, out)
+    elif isinstance(x, jax.Array) and isinstance(out, jax.Array) and out.sharding != x.sharding:
+        out = jax.device_put(out, x.sharding)
     return out
 
 

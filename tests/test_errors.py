@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_properties import OPTIMIZERS
+from test_properties import build as build_any
 
 import jaxopt_lite as jol
 from jaxopt_lite import schedules as sch
@@ -112,8 +114,82 @@ def test_update_without_params_rejects_updates_that_do_not_match_the_state(name)
 def test_chain_rejects_the_state_of_another_optimizer():
     opt = jol.sgd(0.1, momentum=0.9)
     wrong_state = jol.chain(jol.clip(1.0), jol.adam(0.1), jol.scale(1.0)).init(PARAMS)
-    with pytest.raises(ValueError, match=r"chain: expected a state tuple of 2 entries"):
+    with pytest.raises(ValueError, match=r"^sgd: chain: expected a state tuple of 2 entries"):
         opt.update(GRADS, wrong_state, PARAMS)
+    # Same length, other types: the optimizer called, both state types and where they differ.
+    with pytest.raises(ValueError, match=r"^adam: the state passed to update is not one adam's init makes .*"
+                                         r"at state\[0\] adam's init makes a ScaleByAdamState .* has a TraceState"):
+        jol.adam(0.1).update(GRADS, opt.init(PARAMS), PARAMS)
+
+
+# --------------------------------------------------------------------------- #
+# Every optimizer: a foreign state, swapped arguments, params of another shape
+# --------------------------------------------------------------------------- #
+
+
+def _owner(name):
+    """The public constructor's name, which its errors start with (``None`` for the tests' own wrappers)."""
+    fn = OPTIMIZERS[name][0]
+    return None if fn.__name__.startswith("_") or fn.__name__ == "build" else fn.__name__
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_a_foreign_or_swapped_state_is_named_with_the_optimizer(name):
+    opt = build_any(name)
+    state = opt.init(PARAMS)
+    owner = _owner(name)
+    for state_arg, params_arg in (({"not_a_state": jnp.zeros(())}, PARAMS), (PARAMS, state)):
+        with pytest.raises((ValueError, TypeError)) as info:
+            opt.update(GRADS, state_arg, params_arg)
+        message = str(info.value)
+        assert "state" in message, message
+        if owner is not None:
+            assert message.startswith(f"{owner}: "), message
+            assert "swapped" in message, message
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_params_of_another_shape_are_refused_not_broadcast(name):
+    """A (1, 2) parameter for a (3, 2) gradient would broadcast into weight decay or a trust ratio."""
+    opt = build_any(name)
+    state = opt.init(PARAMS)
+    bad = {**PARAMS, "w": jnp.ones((1, 2), jnp.float32)}
+    with pytest.raises(ValueError, match=r"updates and params must have the same leaf shapes, but at \['w'\]") as info:
+        opt.update(GRADS, state, bad)
+    owner = _owner(name)
+    assert owner is None or str(info.value).startswith(f"{owner}: "), str(info.value)
+
+
+def test_a_structure_mismatch_names_the_first_differing_key():
+    """60 layers: the message names the layer that differs, not two truncated tree dumps."""
+    params = {f"layer_{i:02d}": {"w": jnp.ones(2), "b": jnp.ones(1)} for i in range(60)}
+    grads = {**params, "layer_37": {"w": jnp.ones(2), "bias": jnp.ones(1)}}
+    opt = jol.adam(0.1)
+    with pytest.raises(ValueError, match=r"^adam: updates and params .* differ at \['layer_37'\]: .*\['bias'\]"):
+        opt.update(grads, opt.init(params), params)
+
+
+@pytest.mark.parametrize("wrapper, state_type", [
+    (lambda inner: jol.MultiSteps(inner, 2), "MultiStepsState"),
+    (lambda inner: jol.apply_if_finite(inner, 3), "ApplyIfFiniteState"),
+    (lambda inner: jol.masked(inner, {"w": True, "b": False}), "MaskedState"),
+], ids=["MultiSteps", "apply_if_finite", "masked"])
+def test_wrappers_name_themselves_and_their_state_type(wrapper, state_type):
+    opt = wrapper(jol.adam(0.1))
+    with pytest.raises(ValueError, match=rf"must be of type {state_type} .* got tuple"):
+        opt.update(GRADS, jol.sgd(0.1, momentum=0.9).init(PARAMS), PARAMS)
+
+
+def test_multisteps_refuses_a_gradient_that_would_broadcast_into_its_accumulator():
+    opt = jol.MultiSteps(jol.sgd(0.1), 2)
+    with pytest.raises(ValueError, match=r"MultiSteps's accumulated gradients .* same leaf shapes"):
+        opt.update({**GRADS, "w": jnp.ones((1, 2), jnp.float32)}, opt.init(PARAMS), PARAMS)
+
+
+def test_kernel_step_refuses_another_state():
+    step = jol.kernels.adamw_step(0.1)
+    with pytest.raises(ValueError, match=r"adamw_step: .* must be of type ScaleByAdamState"):
+        step.step(PARAMS, GRADS, jol.sgd(0.1, momentum=0.9).init(PARAMS))
 
 
 @pytest.mark.parametrize("name", ["adam", "sgd_momentum", "rmsprop", "adamax"])

@@ -181,6 +181,15 @@ OPTIMIZERS = {
     "acprop": (jol.contrib.acprop, {"weight_decay": 0.01}, ADAM_HPS + ("weight_decay",)),
     "madgrad": (jol.contrib.madgrad, {"weight_decay": 0.01}, ("learning_rate", "momentum", "weight_decay", "eps")),
     # --- end parameter-free and contrib optimizers ---
+    "adafactor": (
+        jol.adafactor, {"min_dim_size_to_factor": 2}, ("learning_rate", "decay_rate", "eps", "clipping_threshold")
+    ),
+    "adafactor_momentum_wd": (
+        jol.adafactor,
+        {"min_dim_size_to_factor": 2, "momentum": 0.9, "weight_decay_rate": 0.01},
+        ("learning_rate", "decay_rate", "momentum", "weight_decay_rate"),
+    ),
+    "sm3": (jol.sm3, {}, ("learning_rate", "momentum")),
     "chain_clip_adam_schedule": (
         _clip_adam_schedule,
         {},
@@ -225,6 +234,9 @@ SWEEP = {
     "s_init": [1e-8, 1e-6, 1e-2],  # mechanize
     "lower_bound": [-1.0, -0.5, 0.0],  # momo
     # --- end parameter-free and contrib optimizers ---
+    "decay_rate": [0.5, 0.8, 1.0],  # adafactor
+    "clipping_threshold": [0.5, 1.0, 10.0],
+    "weight_decay_rate": [0.0, 0.01, 0.1],
 }
 STEP_COUNT_HPS = {"warmup_steps", "decay_steps"}
 # The value a one-at-a-time sweep changes a hyperparameter to: SWEEP[hp][2], unless that

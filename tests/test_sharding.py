@@ -16,6 +16,7 @@ On a 2x4 mesh (axes ``x``, ``y``) the parameters are
 - ``grid``: a (4, 8) matrix sharded on both axes,
 - ``bias``: a (5,) vector, replicated,
 - ``scale``: a scalar, replicated,
+- ``weak``: a weak-typed (8,) vector (``jnp.full(shape, 0.1)``) sharded over ``x``,
 
 and every optimizer-state leaf with its parameter's shape, found under the
 parameter's own path in the state, must have its parameter's sharding after
@@ -126,10 +127,13 @@ SCRIPT = textwrap.dedent(
 
     def make(seed, dtype):
         rng = np.random.default_rng(seed)
-        return {
+        tree = {
             k: jax.device_put(jnp.asarray(rng.standard_normal(shape), dtype), NamedSharding(mesh, spec))
             for k, (shape, spec) in SPECS.items()
         }
+        # A weak-typed leaf (as jnp.full(shape, 0.1) makes): eager zeros_like drops its sharding.
+        tree["weak"] = jax.device_put(jnp.full((8,), 0.1 * (seed + 1)), NamedSharding(mesh, P("x")))
+        return tree
 
 
     def key_of(entry):

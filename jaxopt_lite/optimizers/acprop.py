@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, chain
+from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
 from jaxopt_lite.transforms.adaptive import ScaleByAdamState
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
@@ -62,6 +62,7 @@ def scale_by_acprop(
     return GradientTransformation(init, update)
 
 
+@alias
 def acprop(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,

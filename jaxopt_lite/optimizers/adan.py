@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks, numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, chain
+from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -89,6 +89,7 @@ def scale_by_adan(
     return GradientTransformation(init, update)
 
 
+@alias
 def adan(
     learning_rate: ScalarOrSchedule,
     b1: float | jax.Array = 0.98,

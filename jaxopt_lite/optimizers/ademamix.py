@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, chain
+from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
 from jaxopt_lite.numerics import safe_div as _safe_div
 from jaxopt_lite.numerics import safe_sqrt as _safe_sqrt
 from jaxopt_lite.transforms.regularization import add_decayed_weights
@@ -110,6 +109,7 @@ def scale_by_ademamix(
     return GradientTransformation(init, update)
 
 
+@alias
 def ademamix(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -180,6 +180,7 @@ def scale_by_simplified_ademamix(
     return GradientTransformation(init, update)
 
 
+@alias
 def simplified_ademamix(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.99,

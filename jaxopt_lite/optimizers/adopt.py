@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, chain
+from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
 from jaxopt_lite.transforms.adaptive import ScaleByAdamState
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -81,6 +81,7 @@ def scale_by_adopt(
     return GradientTransformation(init, update)
 
 
+@alias
 def adopt(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, chain
+from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -78,6 +78,7 @@ def scale_by_cocob(alpha: Scalar = 100.0, eps: Scalar = 1e-8) -> GradientTransfo
     return GradientTransformation(init, update)
 
 
+@alias
 def cocob(
     learning_rate: ScalarOrSchedule = 1.0,
     alpha: Scalar = 100.0,

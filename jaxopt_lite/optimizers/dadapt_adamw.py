@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformationExtraArgs, ScalarOrSchedule
+from jaxopt_lite.base import GradientTransformationExtraArgs, ScalarOrSchedule, alias
 
 Scalar = float | jax.Array
 
@@ -27,6 +27,7 @@ class DAdaptAdamWState(NamedTuple):
     count: jax.Array
 
 
+@alias
 def dadapt_adamw(
     learning_rate: ScalarOrSchedule = 1.0,
     betas: tuple[Scalar, Scalar] = (0.9, 0.999),
@@ -74,8 +75,7 @@ def dadapt_adamw(
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
-        if params is None:
-            raise ValueError(f"{owner}: update needs params")
+        _tree.require_params(owner, updates, params)
         _tree.check_same_shapes(updates, state.exp_avg, "updates", f"{owner} state")
         d = state.estim_lr
         sb2 = beta2**0.5

@@ -13,7 +13,14 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, chain, identity
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    identity,
+)
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -95,6 +102,7 @@ def _decay(weight_decay: Scalar | None, mask: Any):
     return identity() if weight_decay is None else add_decayed_weights(weight_decay, mask)
 
 
+@alias
 def dog(
     learning_rate: ScalarOrSchedule = 1.0,
     init_step: InitStep = ("heuristic", 1e-6),
@@ -156,6 +164,7 @@ def scale_by_dowg(init_estim_sq_dist: Scalar | None = None, eps: Scalar = 1e-4) 
     return GradientTransformation(init, update)
 
 
+@alias
 def dowg(
     learning_rate: ScalarOrSchedule = 1.0,
     init_estim_sq_dist: Scalar | None = None,

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, chain
+from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
 from jaxopt_lite.transforms.adaptive import scale_by_adam
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
@@ -190,6 +190,7 @@ def scale_by_galore(
     return GradientTransformation(init, update)
 
 
+@alias
 def galore(
     learning_rate: ScalarOrSchedule,
     rank: int = 128,

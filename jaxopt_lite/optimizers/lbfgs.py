@@ -34,6 +34,7 @@ from jaxopt_lite.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
+    alias,
     chain,
     identity,
 )
@@ -196,6 +197,7 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
     return GradientTransformation(init, update)
 
 
+@alias
 def lbfgs(
     learning_rate: ScalarOrSchedule | None = None,
     memory_size: int = 10,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, chain
+from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 
 Scalar = float | jax.Array
@@ -64,7 +64,7 @@ def scale_by_madgrad(
         def leaf(g, x, x0, big_g, s):
             big_g = (big_g + lamb * g * g).astype(big_g.dtype)
             s = (s + lamb * g).astype(s.dtype)
-            z = x0 - _numerics.safe_div(s, jnp.cbrt(big_g) + eps)
+            z = x0 - _numerics.safe_div(s, _numerics.safe_cbrt(big_g) + eps)
             return ((1 - momentum) * z + momentum * x - x).astype(g.dtype), big_g, s
 
         outs = jax.tree.map(leaf, updates, params, state.x0, state.grad_sum_sq, state.s)
@@ -76,6 +76,7 @@ def scale_by_madgrad(
     return GradientTransformation(init, update)
 
 
+@alias
 def madgrad(
     learning_rate: ScalarOrSchedule, momentum: Scalar = 0.9, weight_decay: Scalar = 0.0, eps: Scalar = 1e-6
 ) -> GradientTransformationExtraArgs:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, with_extra_args_support
+from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, alias, with_extra_args_support
 
 Scalar = float | jax.Array
 
@@ -28,6 +28,7 @@ class MechanicState(NamedTuple):
     x0: Any
 
 
+@alias
 def mechanize(
     base_optimizer: GradientTransformation,
     weight_decay: Scalar = 1e-2,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformationExtraArgs, ScalarOrSchedule
+from jaxopt_lite.base import GradientTransformationExtraArgs, ScalarOrSchedule, alias
 
 Scalar = float | jax.Array
 
@@ -60,6 +60,7 @@ def _polyak_step(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
     return jnp.where(tiny, 0.0, _numerics.safe_div(jnp.maximum(numerator, 0.0), jnp.where(tiny, 1.0, denominator)))
 
 
+@alias
 def momo(
     learning_rate: ScalarOrSchedule = 1.0,
     beta: Scalar = 0.9,
@@ -91,8 +92,7 @@ def momo(
 
     def update(updates, state, params=None, *, value=None, **extra_args):
         del extra_args
-        if params is None:
-            raise ValueError(f"{owner}: update needs params")
+        _tree.require_params(owner, updates, params)
         _tree.check_same_shapes(updates, state.exp_avg, "updates", f"{owner} state")
         dtype = state.barf.dtype
         b = jnp.where(state.count == 0, 0.0, beta)
@@ -119,6 +119,7 @@ def momo(
     return GradientTransformationExtraArgs(init, update)
 
 
+@alias
 def momo_adam(
     learning_rate: ScalarOrSchedule = 1e-2,
     b1: Scalar = 0.9,
@@ -154,8 +155,7 @@ def momo_adam(
 
     def update(updates, state, params=None, *, value=None, **extra_args):
         del extra_args
-        if params is None:
-            raise ValueError(f"{owner}: update needs params")
+        _tree.require_params(owner, updates, params)
         _tree.check_same_shapes(updates, state.exp_avg, "updates", f"{owner} state")
         dtype = state.barf.dtype
         count = _numerics.safe_increment(state.count)

@@ -28,6 +28,7 @@ from jaxopt_lite.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
+    alias,
     chain,
 )
 from jaxopt_lite.transforms.adaptive import _nesterov_first_moment
@@ -378,6 +379,7 @@ def _scale_by_shape(weight_dimension_numbers: Any, consistent_rms: Any, shape_sc
     return GradientTransformation(lambda params: EmptyState(), update)
 
 
+@alias
 def muon(
     learning_rate: ScalarOrSchedule,
     ns_coeffs: Any = _JORDAN_COEFFS,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformationExtraArgs, ScalarOrSchedule
+from jaxopt_lite.base import GradientTransformationExtraArgs, ScalarOrSchedule, alias
 
 Scalar = float | jax.Array
 
@@ -33,6 +33,7 @@ def _scalar_dtype(params: Any) -> Any:
     return jnp.promote_types(_tree.dtype(params, "lowest"), jnp.float32)
 
 
+@alias
 def prodigy(
     learning_rate: ScalarOrSchedule = 1.0,
     betas: tuple[Scalar, Scalar] = (0.9, 0.999),
@@ -92,8 +93,7 @@ def prodigy(
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
-        if params is None:
-            raise ValueError(f"{owner}: update needs params")
+        _tree.require_params(owner, updates, params)
         _tree.check_same_shapes(updates, state.exp_avg, "updates", f"{owner} state")
         d = state.estim_lr
         count = _numerics.safe_increment(state.count)

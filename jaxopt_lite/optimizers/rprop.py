@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, chain
+from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, alias, chain
 from jaxopt_lite.transforms.scaling import scale
 
 
@@ -77,6 +77,7 @@ def scale_by_rprop(
     return GradientTransformation(init, update)
 
 
+@alias
 def rprop(
     learning_rate: float | jax.Array,
     eta_minus: float | jax.Array = 0.5,

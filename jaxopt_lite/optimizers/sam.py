@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import EmptyState, GradientTransformation, GradientTransformationExtraArgs, apply_updates
+from jaxopt_lite.base import EmptyState, GradientTransformation, GradientTransformationExtraArgs, alias, apply_updates
 
 NormalizeState = EmptyState
 
@@ -40,6 +40,7 @@ def normalize() -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+@alias
 def sam(
     optimizer: GradientTransformation,
     adv_optimizer: GradientTransformation,

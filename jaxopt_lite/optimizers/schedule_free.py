@@ -27,14 +27,15 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
+from jaxopt_lite.aliases import sgd
 from jaxopt_lite.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
+    alias,
     chain,
     with_extra_args_support,
 )
-from jaxopt_lite.aliases import sgd
 from jaxopt_lite.schedules import warmup_constant_schedule
 from jaxopt_lite.transforms.adaptive import scale_by_rms
 from jaxopt_lite.transforms.regularization import add_decayed_weights
@@ -75,6 +76,7 @@ def schedule_free_eval_params(state: ScheduleFreeState, params: Any) -> Any:
     return jax.tree.map(lambda y, z_: ((y - (1.0 - b1) * z_) / b1).astype(jnp.result_type(y)), params, z)
 
 
+@alias
 def schedule_free(
     base_optimizer: GradientTransformation,
     learning_rate: ScalarOrSchedule,
@@ -158,6 +160,7 @@ def _with_warmup(
     return warmup_constant_schedule(init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps)
 
 
+@alias
 def schedule_free_sgd(
     learning_rate: Scalar = 1.0,
     warmup_steps: int | jax.Array | None = None,
@@ -179,6 +182,7 @@ def schedule_free_sgd(
     return schedule_free(base, learning_rate, b1, weight_lr_power, state_dtype)
 
 
+@alias
 def schedule_free_adamw(
     learning_rate: Scalar = 0.0025,
     warmup_steps: int | jax.Array | None = None,

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks, numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, chain
+from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
 from jaxopt_lite.transforms.adaptive import ScaleByAdamState
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -74,6 +74,7 @@ def scale_by_yogi(
     return GradientTransformation(init, update)
 
 
+@alias
 def yogi(
     learning_rate: ScalarOrSchedule,
     b1: float | jax.Array = 0.9,

@@ -6,8 +6,6 @@ A *block* is one leaf of the update tree: a weight vector, matrix or kernel.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
@@ -15,12 +13,6 @@ from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import GradientTransformation, stateless
-
-
-def _need_params(owner: str, updates: Any, params: Any) -> None:
-    if params is None:
-        raise ValueError(f"{owner}: params must be passed to update (the scale is computed from them)")
-    _tree.check_same_structure(updates, params, "updates", "params")
 
 
 def clip_by_block_rms(threshold: float | jax.Array) -> GradientTransformation:
@@ -49,7 +41,7 @@ def scale_by_param_block_norm(min_scale: float | jax.Array = 1e-3) -> GradientTr
     _checks.check_nonnegative("scale_by_param_block_norm", "min_scale", min_scale)
 
     def apply(updates, params):
-        _need_params("scale_by_param_block_norm", updates, params)
+        _tree.require_params("scale_by_param_block_norm", updates, params, "the scale is computed from them")
         return jax.tree.map(lambda u, p: (u * _numerics.safe_norm(p, min_scale)).astype(u.dtype), updates, params)
 
     return stateless(apply)
@@ -64,7 +56,7 @@ def scale_by_param_block_rms(min_scale: float | jax.Array = 1e-3) -> GradientTra
     _checks.check_nonnegative("scale_by_param_block_rms", "min_scale", min_scale)
 
     def apply(updates, params):
-        _need_params("scale_by_param_block_rms", updates, params)
+        _tree.require_params("scale_by_param_block_rms", updates, params, "the scale is computed from them")
         return jax.tree.map(
             lambda u, p: (u * _numerics.safe_root_mean_squares(p, min_scale)).astype(u.dtype), updates, params
         )

@@ -22,6 +22,18 @@ def clip_factor(norm: jax.Array, max_norm: Any) -> jax.Array:
     return jnp.where(too_big, max_norm / safe_norm, 1.0)
 
 
+def _clip_to(u: jax.Array, scale: jax.Array, root: jax.Array, max_norm: Any) -> jax.Array:
+    """``u * min(1, max_norm / norm)`` for ``norm = scale * root`` (:func:`numerics.scaled_norms`).
+
+    Divided by ``scale`` first: for gradients near the dtype's maximum the norm
+    itself overflows and ``max_norm / norm`` underflows, but ``u / scale`` and
+    ``max_norm / root`` are ordinary numbers.
+    """
+    too_big = scale * root > max_norm
+    factor = jnp.where(too_big, max_norm / jnp.where(too_big, root, 1.0), 1.0)
+    return ((u / jnp.where(too_big, scale, 1.0)) * factor).astype(u.dtype)
+
+
 def clip(max_delta: float | jax.Array) -> GradientTransformation:
     """Clips every coordinate to ``[-max_delta, max_delta]``.
 
@@ -44,8 +56,7 @@ def clip_by_norm(max_norm: float | jax.Array) -> GradientTransformation:
         del params
         reject_fused("clip_by_norm", updates)
         leaves, treedef = jax.tree.flatten(updates)
-        factors = [clip_factor(n, max_norm) for n in numerics.norms(leaves)]
-        return treedef.unflatten([(u * f).astype(u.dtype) for u, f in zip(leaves, factors)])
+        return treedef.unflatten([_clip_to(u, s, r, max_norm) for u, (s, r) in zip(leaves, numerics.scaled_norms(leaves))])
 
     return stateless(apply)
 
@@ -62,8 +73,9 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
 
     def apply(updates, params):
         del params
-        factor = clip_factor(_tree.global_norm(updates), max_norm)
-        return _tree.scale(factor, updates)
+        leaves, treedef = jax.tree.flatten(updates)
+        scale, root = numerics.scaled_global_norm(leaves)
+        return treedef.unflatten([_clip_to(u, scale, root, max_norm) for u in leaves])
 
     return stateless(apply)
 
@@ -118,18 +130,16 @@ def adaptive_grad_clip(
     _checks.check_nonnegative("adaptive_grad_clip", "eps", eps)
 
     def apply(updates, params):
-        if params is None:
-            raise ValueError("adaptive_grad_clip: params must be passed to update (the clip is relative to them)")
+        _tree.require_params("adaptive_grad_clip", updates, params, "the clip is relative to them")
         reject_fused("adaptive_grad_clip", updates, params)
-        _tree.check_same_structure(updates, params, "updates", "params")
         g_leaves, treedef = jax.tree.flatten(updates)
         p_leaves = jax.tree.leaves(params)
         axes = [_unit_axes(jnp.asarray(g), axis) for g in g_leaves]
-        unit_norms = numerics.norms(g_leaves + p_leaves, axes + axes)
+        unit_norms = numerics.scaled_norms(g_leaves + p_leaves, axes + axes)
         g_norms, p_norms = unit_norms[: len(g_leaves)], unit_norms[len(g_leaves):]
         out = [
-            (g * clip_factor(gn, clipping * jnp.maximum(pn, eps))).astype(g.dtype)
-            for g, gn, pn in zip(g_leaves, g_norms, p_norms)
+            _clip_to(g, *gn, clipping * jnp.maximum(ps * pr, eps))
+            for g, gn, (ps, pr) in zip(g_leaves, g_norms, p_norms)
         ]
         return treedef.unflatten(out)
 

@@ -28,10 +28,8 @@ def scale_by_trust_ratio(
     _checks.check_nonnegative("scale_by_trust_ratio", "eps", eps)
 
     def apply(updates, params):
-        if params is None:
-            raise ValueError("scale_by_trust_ratio: params must be passed to update (the ratio uses their norm)")
+        _tree.require_params("scale_by_trust_ratio", updates, params, "the ratio uses their norm")
         reject_fused("scale_by_trust_ratio", updates, params)
-        _tree.check_same_structure(updates, params, "updates", "params")
         u_leaves, treedef = jax.tree.flatten(updates)
         all_norms = numerics.norms(u_leaves + jax.tree.leaves(params))  # real, overflow-safe, one cond
         out = []

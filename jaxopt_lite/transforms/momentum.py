@@ -65,6 +65,8 @@ def ema(decay: float | jax.Array, debias: bool = True, accumulator_dtype: Any = 
 
     ``e <- decay * e + (1 - decay) * u``; the output is ``e / (1 - decay**t)``
     with ``debias=True`` (the default), else ``e``. ``decay`` in ``[0, 1)``.
+    As Optax, the output comes from ``e`` before it is stored in
+    ``accumulator_dtype``: a float32 accumulator does not round a float64 step.
     """
     _checks.check_decay("ema", "decay", decay)
 
@@ -74,9 +76,9 @@ def ema(decay: float | jax.Array, debias: bool = True, accumulator_dtype: Any = 
 
     def update(updates, state, params=None):
         del params
-        new_ema = _tree.update_moment(updates, state.ema, decay, 1)
+        new_ema = _tree._map_moments(lambda g, m: decay * m + (1.0 - decay) * g, updates, state.ema)  # noqa: SLF001
         count = _tree.safe_increment(state.count)
         out = _tree.bias_correction(new_ema, decay, count) if debias else new_ema
-        return _tree.cast_like(out, updates), EmaState(count=count, ema=new_ema)
+        return _tree.cast_like(out, updates), EmaState(count=count, ema=_tree.cast_like(new_ema, state.ema))
 
     return GradientTransformation(init, update)

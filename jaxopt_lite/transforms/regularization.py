@@ -32,12 +32,6 @@ class ZeroNansState(NamedTuple):
     found_nan: Any
 
 
-def _require_params(owner: str, updates: Any, params: Any) -> None:
-    if params is None:
-        raise ValueError(f"{owner}: params must be passed to update")
-    _tree.check_same_structure(updates, params, "updates", "params")
-
-
 def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) -> GradientTransformation:
     """Decoupled weight decay (Loshchilov & Hutter, 2019): ``u <- u + weight_decay * p``.
 
@@ -52,7 +46,7 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) 
             return AddDecayedWeightsScheduleState(count=_tree.zero_count())
 
         def update(updates, state, params=None):
-            _require_params("add_decayed_weights", updates, params)
+            _tree.require_params("add_decayed_weights", updates, params)
             wd = weight_decay(state.count)
             out = jax.tree.map(lambda u, p: (u + wd * p).astype(u.dtype), updates, params)
             return out, AddDecayedWeightsScheduleState(count=_tree.safe_increment(state.count))
@@ -62,7 +56,7 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) 
         _checks.check_nonnegative("add_decayed_weights", "weight_decay", weight_decay)
 
         def apply(updates, params):
-            _require_params("add_decayed_weights", updates, params)
+            _tree.require_params("add_decayed_weights", updates, params)
             return jax.tree.map(lambda u, p: (u + weight_decay * p).astype(u.dtype), updates, params)
 
         tx = stateless(apply)
@@ -120,7 +114,7 @@ def keep_params_nonnegative() -> GradientTransformation:
     """
 
     def apply(updates, params):
-        _require_params("keep_params_nonnegative", updates, params)
+        _tree.require_params("keep_params_nonnegative", updates, params)
         return jax.tree.map(lambda u, p: jnp.where(p + u < 0, -p, u).astype(u.dtype), updates, params)
 
     return stateless(apply)

@@ -191,7 +191,8 @@ class MultiSteps:
         self, updates: Updates, state: MultiStepsState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, MultiStepsState]:
         """Accumulates ``updates``; on every ``k``-th call runs the inner optimizer on the accumulation."""
-        _tree.check_same_structure(updates, state.acc_grads, "updates", "the accumulated gradients (state.acc_grads)")
+        _checks.check_state_type("MultiSteps", state, MultiStepsState)
+        _tree.check_same_shapes(updates, state.acc_grads, "updates", "MultiSteps's accumulated gradients (state.acc_grads)")
         k = self._every_k_schedule(state.gradient_step)
         _check_k("MultiSteps", k)
         skip, skip_state = self._should_skip_update_fn(updates, state.gradient_step, params)
@@ -273,7 +274,7 @@ def apply_every(k: int = 1) -> GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        _tree.check_same_structure(updates, state.grad_acc, "updates", "state.grad_acc")
+        _tree.check_same_shapes(updates, state.grad_acc, "updates", "state.grad_acc")
         c = state.count % k
         restart = c == 0
         grad_acc = jax.tree.map(
@@ -336,6 +337,7 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
         )
 
     def update(updates, state, params=None, **extra_args):
+        _checks.check_state_type("apply_if_finite", state, ApplyIfFiniteState)
         finite = _all_finite(updates)
         notfinite_count = jnp.where(finite, 0, _tree.safe_increment(state.notfinite_count)).astype(jnp.int32)
         accept = jnp.logical_or(finite, notfinite_count > max_consecutive_errors)

@@ -183,6 +183,7 @@ def masked(
         return MaskedState(inner_state=inner.init(_apply_mask(treedef, flags, params)))
 
     def update(updates, state, params=None, **extra_args):
+        _checks.check_state_type("masked", state, MaskedState)
         treedef, flags = _resolve_mask("masked", mask, updates)
         masked_updates = _apply_mask(treedef, flags, updates)
         masked_params = None
