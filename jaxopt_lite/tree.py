@@ -222,8 +222,8 @@ def _sharded_like(x: Any, out: jax.Array) -> jax.Array:
         from jax.experimental.shard_alike import shard_alike
 
         _, out = shard_alike(x, out)
-    elif isinstance(x, jax.Array) and isinstance(out, jax.Array) and out.sharding != x.sharding:
-        out = jax.device_put(out, x.sharding)
+    elif isinstance(x, jax.Array) and not isinstance(out, jax.core.Tracer) and out.sharding != x.sharding:
+        out = jax.device_put(out, x.sharding)  # eager: out is concrete (not so for x captured inside a trace)
     return out
 
 

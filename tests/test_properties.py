@@ -836,3 +836,11 @@ def test_grad_wrt_schedule_values_through_optimizer_is_finite():
     grads = jax.grad(final_loss, argnums=(0, 1, 2))(jnp.asarray(0.1), jnp.asarray(0.0), jnp.asarray(0.0))
     assert all(bool(jnp.isfinite(g)) for g in grads), grads
     assert grads[0] != 0
+
+
+def test_init_of_concrete_params_captured_by_jit_and_vmap():
+    """Eager ``*_like`` places state like its (possibly sharded) param; inside a trace nothing is placed."""
+    params = {"w": jnp.ones(3), "weak": jnp.full((2,), 0.1)}
+    opt = jol.adam(0.1)
+    assert jax.jit(lambda: opt.init(params))()[0].mu["w"].shape == (3,)
+    assert jax.vmap(lambda lr: jol.adam(lr).init(params)[0].nu["weak"])(jnp.ones(2)).shape == (2, 2)

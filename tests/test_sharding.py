@@ -230,6 +230,26 @@ SCRIPT = textwrap.dedent(
             entry["error"] = f"{type(e).__name__}: {e}"
         report["optimizers"][name] = entry
 
+    # The one-pass CPU kernel: each device steps its own shard (nothing gathered), as the pure-JAX step.
+    if time.monotonic() <= deadline:
+        kernel = {}
+        try:
+            params, grads = ({k: v for k, v in make(seed, jnp.float32).items() if k != "weak"} for seed in (0, 1))
+            step = jol.kernels.adamw_step(0.1, weight_decay=0.01)
+            run = jax.jit(step.step)
+            state = step.init(params)
+            new_params, new_state = run(params, grads, state)
+            want, _ = jax.jit(jol.kernels.adamw_step(0.1, weight_decay=0.01, use_kernel=False).step)(
+                params, grads, state)
+            kernel["available"] = jol.kernels.kernel_available()
+            kernel["sharding_problems"] = (sharding_problems(new_params, params, "params")[0]
+                                           + sharding_problems(new_state, params, "state")[0])
+            kernel["max_diff"] = max(float(jnp.max(jnp.abs(new_params[k] - want[k]))) for k in params)
+            kernel["all_gather"] = "all-gather" in run.lower(params, grads, state).compile().as_text()
+        except Exception as e:
+            kernel["error"] = f"{type(e).__name__}: {e}"
+        report["kernel"] = kernel
+
     print("REPORT " + json.dumps(report))
     '''
 )
@@ -282,6 +302,7 @@ def test_x64_mode_matches_request(report, request):
 
 
 STATELESS = ("sgd", "noisy_sgd")  # no state leaf shaped like a parameter
+N_PARAMS = 6  # the leaves of make() in SCRIPT
 
 
 def _entry(report, name):
@@ -297,7 +318,7 @@ def test_init_state_keeps_param_sharding(report, name):
     entry = _entry(report, name)
     assert entry["sharding_problems"]["init"] == [], "\n".join(entry["sharding_problems"]["init"])
     if name not in STATELESS:
-        assert entry["checked"]["init"] >= 5  # at least one state leaf per parameter
+        assert entry["checked"]["init"] >= N_PARAMS  # at least one state leaf per parameter
 
 
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
@@ -305,9 +326,9 @@ def test_jitted_update_keeps_param_sharding(report, name):
     entry = _entry(report, name)
     for stage in ("updates", "state after jitted update", "params after apply_updates"):
         assert entry["sharding_problems"][stage] == [], "\n".join(entry["sharding_problems"][stage])
-    # updates and the new params are trees shaped like params: all 5 leaves are checked.
-    assert entry["checked"]["updates"] == 5
-    assert entry["checked"]["params after apply_updates"] == 5
+    # updates and the new params are trees shaped like params: all their leaves are checked.
+    assert entry["checked"]["updates"] == N_PARAMS
+    assert entry["checked"]["params after apply_updates"] == N_PARAMS
     assert entry["checked"]["state after jitted update"] == entry["checked"]["init"]
 
 
@@ -326,3 +347,16 @@ def test_float32_and_bfloat16_params_are_not_upcast_by_float32_hyperparameters(r
     if not report["x64"]:
         # In 32-bit mode nothing in the state is wider than float32.
         assert set(entry["state_float_dtypes"]) <= {"float32", "bfloat16"}, entry["state_float_dtypes"]
+
+
+def test_kernel_step_keeps_param_sharding(report):
+    """``kernels.adamw_step`` on sharded params: every device steps its shard; nothing is gathered."""
+    if "kernel" not in report:
+        pytest.skip("over the test-time budget: the sharding subprocess did not reach the kernel")
+    kernel = report["kernel"]
+    assert "error" not in kernel, kernel.get("error")
+    if not kernel["available"]:
+        pytest.skip("no C++ compiler here: adamw_step runs its pure-JAX fallback")
+    assert kernel["sharding_problems"] == [], "\n".join(kernel["sharding_problems"])
+    assert not kernel["all_gather"], "the kernel step gathers the sharded params"
+    assert kernel["max_diff"] < 1e-5, kernel["max_diff"]
