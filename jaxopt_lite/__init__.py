@@ -202,6 +202,20 @@ from jaxopt_lite.optimizers.rprop import ScaleByRpropState, rprop, scale_by_rpro
 from jaxopt_lite.optimizers.yogi import scale_by_yogi, yogi
 from jaxopt_lite.optimizers.adafactor import FactoredState, adafactor, scale_by_factored_rms
 from jaxopt_lite.optimizers.sm3 import ScaleBySM3State, scale_by_sm3, sm3
+from jaxopt_lite.optimizers.fromage import fromage
+from jaxopt_lite.optimizers.novograd import ScaleByNovogradState, novograd, scale_by_novograd
+from jaxopt_lite.optimizers.optimistic import (
+    optimistic_adam,
+    optimistic_adam_v2,
+    optimistic_gradient_descent,
+    scale_by_optimistic_gradient,
+)
+from jaxopt_lite.optimizers.polyak import polyak_sgd, scale_by_polyak
+from jaxopt_lite.optimizers.signum import signum
+
+# linear algebra (Shampoo's inverse root, the power method, non-negative least squares), perturbations
+from jaxopt_lite import perturbations
+from jaxopt_lite.linear_algebra import matrix_inverse_pth_root, nnls, power_iteration
 # parameter-free: Optax has LDoG at the top level
 from jaxopt_lite.optimizers.dog import scale_by_distance_over_gradients
 

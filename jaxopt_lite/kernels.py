@@ -128,13 +128,22 @@ def _partitioned_step(ndim: int):
         like_param, replicated = shardings(mesh, arg_shapes)
         return mesh, _kernel_call, (like_param,) * 3, (like_param,) * 4 + (replicated,)
 
-    step = custom_partitioning(_kernel_call)
+    partitioned = custom_partitioning(_kernel_call)
     dims = " ".join(f"d{i}" for i in range(ndim))
-    step.def_partition(
+    partitioned.def_partition(
         partition=partition,
         infer_sharding_from_operands=infer,
         sharding_rule=f"{dims}, {dims}, {dims}, {dims}, h -> {dims}, {dims}, {dims}",
     )
+
+    # custom_partitioning has no batching rule: under vmap (a sweep), the plain call, one member at a time.
+    step = jax.custom_batching.custom_vmap(partitioned)
+
+    @step.def_vmap
+    def _batched(axis_size, in_batched, *args):
+        args = [x if batched else jnp.broadcast_to(x, (axis_size, *x.shape)) for x, batched in zip(args, in_batched)]
+        return jax.vmap(_kernel_call)(*args), (True, True, True)
+
     return step
 
 

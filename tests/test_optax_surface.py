@@ -28,30 +28,7 @@ EXCLUDED = {
 
 # Names not implemented yet (README lists them as remaining work). A test fails once one of
 # them exists, so the list only shrinks.
-NOT_YET: set[tuple[str, str]] = {
-    ("<top>", "ScaleByNovogradState"),
-    ("<top>", "fromage"),
-    ("<top>", "matrix_inverse_pth_root"),
-    ("<top>", "nnls"),
-    ("<top>", "novograd"),
-    ("<top>", "optimistic_adam"),
-    ("<top>", "optimistic_adam_v2"),
-    ("<top>", "optimistic_gradient_descent"),
-    ("<top>", "perturbations"),
-    ("<top>", "polyak_sgd"),
-    ("<top>", "power_iteration"),
-    ("<top>", "scale_by_novograd"),
-    ("<top>", "scale_by_optimistic_gradient"),
-    ("<top>", "scale_by_polyak"),
-    ("<top>", "signum"),
-    ("contrib", "HutchinsonState"),
-    ("contrib", "SophiaState"),
-    ("contrib", "hutchinson_estimator_diag_hessian"),
-    ("contrib", "sophia"),
-    ("perturbations", "Gumbel"),
-    ("perturbations", "Normal"),
-    ("perturbations", "make_perturbed_fun"),
-}
+NOT_YET: set[tuple[str, str]] = set()
 
 
 def _module(namespace):

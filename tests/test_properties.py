@@ -91,6 +91,26 @@ def _momo_given_value(alias):
     return build
 
 
+def _polyak_sgd(learning_rate=LR, **kwargs):
+    """``polyak_sgd`` capped at ``learning_rate``, fed the quadratic's value ``0.5 ||g||^2`` (``f_min = 0``)."""
+    opt = jol.polyak_sgd(max_learning_rate=learning_rate, **kwargs)
+
+    def update(updates, state, params=None):
+        return opt.update(updates, state, params, value=0.5 * jol.tree.norm(updates, squared=True))
+
+    return jol.GradientTransformation(opt.init, update)
+
+
+def _sophia(learning_rate=LR, **kwargs):
+    """Sophia on ``obj_fn = 0.5 ||p||^2``, whose Hutchinson estimate of the Hessian diagonal is exactly 1."""
+    opt = jol.contrib.sophia(learning_rate, **kwargs)
+
+    def update(updates, state, params=None):
+        return opt.update(updates, state, params, obj_fn=lambda p: 0.5 * jol.tree.norm(p, squared=True))
+
+    return jol.GradientTransformation(opt.init, update)
+
+
 # --- end parameter-free and contrib wrappers ---
 
 # name -> (constructor, fixed keyword arguments, numeric hyperparameters to sweep)
@@ -190,6 +210,17 @@ OPTIMIZERS = {
         ("learning_rate", "decay_rate", "momentum", "weight_decay_rate"),
     ),
     "sm3": (jol.sm3, {}, ("learning_rate", "momentum")),
+    "novograd": (jol.novograd, {"weight_decay": 0.01}, ("learning_rate", "b1", "b2", "eps", "weight_decay")),
+    "fromage": (jol.fromage, {}, ("learning_rate", "min_norm")),
+    "signum": (jol.signum, {}, ("learning_rate", "beta")),
+    "optimistic_gradient_descent": (jol.optimistic_gradient_descent, {}, ("learning_rate", "alpha", "beta")),
+    "optimistic_adam_v2": (jol.optimistic_adam_v2, {}, ("learning_rate", "alpha", "beta", "b1", "b2", "eps")),
+    "polyak_sgd": (_polyak_sgd, {}, ("learning_rate", "scaling", "f_min", "eps")),
+    "sophia": (
+        _sophia,
+        {"weight_decay": 0.01, "update_interval": 2},
+        ("learning_rate", "b1", "b2", "eps", "gamma", "clip_threshold", "weight_decay"),
+    ),
     "chain_clip_adam_schedule": (
         _clip_adam_schedule,
         {},
@@ -237,6 +268,11 @@ SWEEP = {
     "decay_rate": [0.5, 0.8, 1.0],  # adafactor
     "clipping_threshold": [0.5, 1.0, 10.0],
     "weight_decay_rate": [0.0, 0.01, 0.1],
+    "beta": [0.0, 0.5, 0.9],  # momo, signum; optimistic gradient's weight of the last gradient
+    "min_norm": [1e-6, 1e-3, 1e-1],  # fromage
+    "scaling": [0.5, 1.0, 2.0],  # polyak_sgd
+    "f_min": [-1.0, -0.1, 0.0],
+    "clip_threshold": [0.1, 1.0, 10.0],  # sophia
 }
 STEP_COUNT_HPS = {"warmup_steps", "decay_steps"}
 # The value a one-at-a-time sweep changes a hyperparameter to: SWEEP[hp][2], unless that
