@@ -136,8 +136,8 @@ def _state_mismatch(owner: str, init: Callable, state: Any, likes: tuple) -> str
     else:
         return None
     found = _tree.first_difference(expected, state)
-    if found is None or type(found[1]) is type(found[2]):
-        return None
+    if found is None or type(found[1]) is type(found[2]) or _tree.is_subtree_of(found[1], like):
+        return None  # the same node types, or a difference inside a params-shaped part: not another optimizer's
     path, want, got = found
     where = "state" + jax.tree_util.keystr(path) if path else "the root"
     return (

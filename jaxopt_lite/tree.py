@@ -48,6 +48,21 @@ def describe_node(node: Any) -> str:
     return f"a {type(node).__name__} of {len(keys)} ({shown})" if keys else f"an empty {type(node).__name__}"
 
 
+def is_subtree_of(node: Any, tree: Tree) -> bool:
+    """Whether ``node`` has the structure of ``tree`` or of one of its subtrees (leaves excepted)."""
+    target = jax.tree.structure(node)
+    pending = [tree]
+    while pending:
+        current = pending.pop()
+        children = _children(current)
+        if children is None:
+            continue
+        if jax.tree.structure(current) == target:
+            return True
+        pending.extend(child for _, child in children)
+    return False
+
+
 def first_difference(a: Tree, b: Tree) -> tuple[tuple, Any, Any] | None:
     """Where the structures of ``a`` and ``b`` first differ: ``(key path, node of a, node of b)``; else ``None``."""
     path: tuple = ()

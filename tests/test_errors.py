@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_properties import OPTIMIZERS
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_properties import OPTIMIZERS, make_tree, tree_specs
 from test_properties import build as build_any
 
 import jaxopt_lite as jol
@@ -158,6 +160,22 @@ def test_params_of_another_shape_are_refused_not_broadcast(name):
         opt.update(GRADS, state, bad)
     owner = _owner(name)
     assert owner is None or str(info.value).startswith(f"{owner}: "), str(info.value)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=tree_specs, seed=st.integers(0, 2**31 - 1), name=st.sampled_from(sorted(OPTIMIZERS)), data=st.data())
+def test_random_trees_with_one_gradient_of_another_shape_are_refused(spec, seed, name, data):
+    """Any optimizer, any tree: one gradient leaf with an extra axis is named, never broadcast."""
+    params = make_tree(spec, np.random.default_rng(seed))
+    paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    i = data.draw(st.integers(0, len(paths_and_leaves) - 1), label="leaf")
+    path, leaf = paths_and_leaves[i]
+    grads = [x for _, x in paths_and_leaves]
+    grads[i] = jnp.ones((*leaf.shape, 2), leaf.dtype)
+    opt = build_any(name)
+    with pytest.raises(ValueError, match="shape") as info:
+        opt.update(treedef.unflatten(grads), opt.init(params), params)
+    assert jax.tree_util.keystr(path) in str(info.value), str(info.value)
 
 
 def test_a_structure_mismatch_names_the_first_differing_key():

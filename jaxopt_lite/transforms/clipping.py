@@ -56,7 +56,8 @@ def clip_by_norm(max_norm: float | jax.Array) -> GradientTransformation:
         del params
         reject_fused("clip_by_norm", updates)
         leaves, treedef = jax.tree.flatten(updates)
-        return treedef.unflatten([_clip_to(u, s, r, max_norm) for u, (s, r) in zip(leaves, numerics.scaled_norms(leaves))])
+        norms = numerics.scaled_norms(leaves)
+        return treedef.unflatten([_clip_to(u, s, r, max_norm) for u, (s, r) in zip(leaves, norms)])
 
     return stateless(apply)
 
