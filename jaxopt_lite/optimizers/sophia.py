@@ -38,8 +38,9 @@ def hutchinson_estimator_diag_hessian(random_seed: jax.Array | None = None) -> G
     state, params, obj_fn=f)`` ignores ``updates`` and returns the estimate for the Hessian of the
     scalar function ``f`` at ``params`` (one Hessian-vector product, forward over reverse mode), and
     the state with a fresh key. Per step, the key is split into the next state's key and the probe's
-    key, which is split into one key per leaf; the signs are drawn in float32 and cast to the
-    narrowest dtype of the params (as Optax, so the probes are Optax's for the same key).
+    key, which is split into one key per leaf; the signs are drawn in float32 (as Optax, so the probes
+    are Optax's for the same key) and cast to each leaf's dtype (Optax casts them all to the narrowest
+    one, which ``jax.jvp`` refuses for params of mixed dtypes).
     ``random_seed`` defaults to ``jax.random.PRNGKey(0)``. Memory: none per parameter (a key).
     """
     owner = "hutchinson_estimator_diag_hessian"
@@ -56,7 +57,7 @@ def hutchinson_estimator_diag_hessian(random_seed: jax.Array | None = None) -> G
             raise ValueError(f"{owner}: update needs the keyword argument obj_fn (a scalar function of params)")
         key, probe_key = jax.random.split(state.key)
         signs = _tree.random_like(probe_key, params, jax.random.rademacher, dtype=jnp.float32)
-        signs = _tree.cast(signs, _tree.dtype(params, "lowest"))
+        signs = _tree.cast_like(signs, params)  # +-1 in every dtype: Optax's draws, and jvp needs each leaf's dtype
         hvp = jax.jvp(jax.grad(obj_fn), (params,), (signs,))[1]
         return jax.tree.map(lambda h, z: h * z, hvp, signs), HutchinsonState(key=key)
 
