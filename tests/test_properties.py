@@ -102,11 +102,12 @@ def _polyak_sgd(learning_rate=LR, **kwargs):
 
 
 def _sophia(learning_rate=LR, **kwargs):
-    """Sophia on ``obj_fn = 0.5 ||p||^2``, whose Hutchinson estimate of the Hessian diagonal is exactly 1."""
+    """Sophia on ``obj_fn = 50 ||p||^2``, whose Hutchinson estimate of the Hessian diagonal is exactly 100
+    (large enough that ``m / (gamma h)`` stays inside the clip and ``b1`` matters)."""
     opt = jol.contrib.sophia(learning_rate, **kwargs)
 
     def update(updates, state, params=None):
-        return opt.update(updates, state, params, obj_fn=lambda p: 0.5 * jol.tree.norm(p, squared=True))
+        return opt.update(updates, state, params, obj_fn=lambda p: 50.0 * jol.tree.norm(p, squared=True))
 
     return jol.GradientTransformation(opt.init, update)
 
@@ -277,7 +278,15 @@ SWEEP = {
 STEP_COUNT_HPS = {"warmup_steps", "decay_steps"}
 # The value a one-at-a-time sweep changes a hyperparameter to: SWEEP[hp][2], unless that
 # barely moves the result of a few steps (Lion's b2 only feeds the sign of a sum).
-ALTERNATIVE_FOR = {("lion", "b2"): 0.0}
+ALTERNATIVE_FOR = {
+    ("lion", "b2"): 0.0,
+    ("adafactor", "clipping_threshold"): 0.1,  # 1 and 10 are both above the update's RMS
+    ("fromage", "min_norm"): 10.0,  # only a floor above the norms bites
+    ("polyak_sgd", "f_min"): 100.0,  # above the loss: the Polyak step is 0 (below it, capped at the learning rate)
+    ("polyak_sgd", "eps"): 1e6,  # a small eps leaves the step capped too
+    ("signum", "b1"): 0.0,
+    ("signum", "beta"): 0.0,  # the sign of the last gradient, not of the average
+}
 
 
 def build(name, **hps):
@@ -545,7 +554,7 @@ def test_jitted_update_traces_once_and_equals_eager(name):
 VMAP_STEPS = 3
 # RAdam leaves its momentum-only phase (where b2 and the threshold matter) after ~5 steps;
 # the chain's schedule only starts decaying (decay_steps matters) after its warmup.
-N_STEPS_FOR = {"radam": 6, "chain_clip_adam_schedule": 5}
+N_STEPS_FOR = {"radam": 6, "chain_clip_adam_schedule": 5, "signum": 6}
 
 
 def _run(name, params, target, n_steps=None, **hps):

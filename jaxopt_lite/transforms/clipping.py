@@ -25,13 +25,16 @@ def clip_factor(norm: jax.Array, max_norm: Any) -> jax.Array:
 def _clip_to(u: jax.Array, scale: jax.Array, root: jax.Array, max_norm: Any) -> jax.Array:
     """``u * min(1, max_norm / norm)`` for ``norm = scale * root`` (:func:`numerics.scaled_norms`).
 
-    Divided by ``scale`` first: for gradients near the dtype's maximum the norm
-    itself overflows and ``max_norm / norm`` underflows, but ``u / scale`` and
-    ``max_norm / root`` are ordinary numbers.
+    For gradients near the dtype's maximum the norm itself overflows and
+    ``max_norm / norm`` underflows; ``scale`` (1 unless the norm was rescaled)
+    is then divided out in two halves, ``(u * r) * (factor * r)`` with
+    ``r = 1 / sqrt(scale)``: ``1 / scale`` alone would be subnormal, which
+    XLA's vectorized CPU division flushes to zero.
     """
     too_big = scale * root > max_norm
     factor = jnp.where(too_big, max_norm / jnp.where(too_big, root, 1.0), 1.0)
-    return ((u / jnp.where(too_big, scale, 1.0)) * factor).astype(u.dtype)
+    r = jax.lax.rsqrt(jnp.where(too_big, scale, 1.0))
+    return jnp.where(scale == 1, u * factor, (u * r) * (factor * r)).astype(u.dtype)
 
 
 def clip(max_delta: float | jax.Array) -> GradientTransformation:
