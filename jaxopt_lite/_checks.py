@@ -96,7 +96,7 @@ def check_learning_rate(owner: str, value: Any) -> None:
 def check_state_type(owner: str, state: Any, expected: type) -> None:
     """Raises ``ValueError`` if ``state`` is not an ``expected`` (the state ``owner``'s init makes)."""
     if not isinstance(state, expected):
-        raise ValueError(
+        raise ValueError(  # noqa: TRY004 - a ValueError, as base.with_owner reports a foreign state
             f"{owner}: the state passed to update must be of type {expected.__name__} (what {owner}'s init makes), "
             f"got {type(state).__name__}: another optimizer's state, or state and params swapped?"
         )
