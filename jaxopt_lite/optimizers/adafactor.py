@@ -208,6 +208,7 @@ def adafactor(
     if multiply_by_parameter_scale:
         stages.append(scale_by_param_block_rms())
     if momentum is not None:
+        _checks.check_decay("adafactor", "momentum", momentum)  # named as the user passed it (ema calls it decay)
         stages.append(ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
     if weight_decay_rate is not None:
         stages.append(add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))
