@@ -262,7 +262,13 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
                 f"got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else 'n/a'}"
             )
         if params is not None:
-            _tree.check_same_shapes(updates, params, "updates", "params")
+            _tree.check_same_structure(updates, params, "updates", "params")
+            for (path, u), p in zip(jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(params)):
+                per_example = jnp.ndim(u) == jnp.ndim(p) + 1 and jnp.shape(u)[1:] == jnp.shape(p)  # dpsgd's input
+                if jnp.shape(u) != jnp.shape(p) and not per_example:
+                    raise ValueError(f"updates and params must have the same leaf shapes, but at "
+                                     f"{jax.tree_util.keystr(path)} updates has shape {jnp.shape(u)} and params "
+                                     f"has shape {jnp.shape(p)}")
         new_state = []
         for t, s in zip(transforms, state):
             updates, s = t.update(updates, s, params, **extra_args)

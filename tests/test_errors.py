@@ -171,7 +171,7 @@ def test_random_trees_with_one_gradient_of_another_shape_are_refused(spec, seed,
     i = data.draw(st.integers(0, len(paths_and_leaves) - 1), label="leaf")
     path, leaf = paths_and_leaves[i]
     grads = [x for _, x in paths_and_leaves]
-    grads[i] = jnp.ones((*leaf.shape, 2), leaf.dtype)
+    grads[i] = jnp.ones((*leaf.shape, 2) if leaf.ndim else (2, 2), leaf.dtype)  # (2,) would be a per-example batch
     opt = build_any(name)
     with pytest.raises(ValueError, match="shape") as info:
         opt.update(treedef.unflatten(grads), opt.init(params), params)

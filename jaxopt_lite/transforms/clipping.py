@@ -33,8 +33,8 @@ def _clip_to(u: jax.Array, scale: jax.Array, root: jax.Array, max_norm: Any) -> 
     """
     too_big = scale * root > max_norm
     factor = jnp.where(too_big, max_norm / jnp.where(too_big, root, 1.0), 1.0)
-    r = jax.lax.rsqrt(jnp.where(too_big, scale, 1.0))
-    return jnp.where(scale == 1, u * factor, (u * r) * (factor * r)).astype(u.dtype)
+    r = jnp.where(too_big & (scale != 1), jax.lax.rsqrt(scale), 1.0)  # a scalar: exactly 1 on the usual path
+    return ((u * r) * (factor * r)).astype(u.dtype)
 
 
 def clip(max_delta: float | jax.Array) -> GradientTransformation:
