@@ -22,19 +22,19 @@ def clip_factor(norm: jax.Array, max_norm: Any) -> jax.Array:
     return jnp.where(too_big, max_norm / safe_norm, 1.0)
 
 
-def _clip_to(u: jax.Array, scale: jax.Array, root: jax.Array, max_norm: Any) -> jax.Array:
-    """``u * min(1, max_norm / norm)`` for ``norm = scale * root`` (:func:`numerics.scaled_norms`).
+def _clip_scales(scale: jax.Array, root: jax.Array, max_norm: Any) -> tuple[jax.Array, jax.Array]:
+    """``(r, f)`` with ``u * min(1, max_norm / norm) == (u * r) * f`` for ``norm = scale * root``.
 
     For gradients near the dtype's maximum the norm itself overflows and
-    ``max_norm / norm`` underflows; ``scale`` (1 unless the norm was rescaled)
-    is then divided out in two halves, ``(u * r) * (factor * r)`` with
+    ``max_norm / norm`` underflows; ``scale`` (1 unless the norm was rescaled,
+    see :func:`numerics.scaled_norms`) is then divided out in two halves,
     ``r = 1 / sqrt(scale)``: ``1 / scale`` alone would be subnormal, which
     XLA's vectorized CPU division flushes to zero.
     """
     too_big = scale * root > max_norm
     factor = jnp.where(too_big, max_norm / jnp.where(too_big, root, 1.0), 1.0)
-    r = jnp.where(too_big & (scale != 1), jax.lax.rsqrt(scale), 1.0)  # a scalar: exactly 1 on the usual path
-    return ((u * r) * (factor * r)).astype(u.dtype)
+    r = jnp.where(too_big & (scale != 1), jax.lax.rsqrt(scale), 1.0)  # exactly 1 on the usual path
+    return r, factor * r
 
 
 def clip(max_delta: float | jax.Array) -> GradientTransformation:
@@ -59,8 +59,8 @@ def clip_by_norm(max_norm: float | jax.Array) -> GradientTransformation:
         del params
         reject_fused("clip_by_norm", updates)
         leaves, treedef = jax.tree.flatten(updates)
-        norms = numerics.scaled_norms(leaves)
-        return treedef.unflatten([_clip_to(u, s, r, max_norm) for u, (s, r) in zip(leaves, norms)])
+        scales = [_clip_scales(s, r, max_norm) for s, r in numerics.scaled_norms(leaves)]
+        return treedef.unflatten([((u * r) * f).astype(u.dtype) for u, (r, f) in zip(leaves, scales)])
 
     return stateless(apply)
 
@@ -78,8 +78,8 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
     def apply(updates, params):
         del params
         leaves, treedef = jax.tree.flatten(updates)
-        scale, root = numerics.scaled_global_norm(leaves)
-        return treedef.unflatten([_clip_to(u, scale, root, max_norm) for u in leaves])
+        r, f = _clip_scales(*numerics.scaled_global_norm(leaves), max_norm)  # once for the whole tree
+        return treedef.unflatten([((u * r) * f).astype(u.dtype) for u in leaves])
 
     return stateless(apply)
 
@@ -142,8 +142,9 @@ def adaptive_grad_clip(
         unit_norms = numerics.scaled_norms(g_leaves + p_leaves, axes + axes)
         g_norms, p_norms = unit_norms[: len(g_leaves)], unit_norms[len(g_leaves):]
         out = [
-            _clip_to(g, *gn, clipping * jnp.maximum(ps * pr, eps))
+            ((g * r) * f).astype(g.dtype)
             for g, gn, (ps, pr) in zip(g_leaves, g_norms, p_norms)
+            for r, f in [_clip_scales(*gn, clipping * jnp.maximum(ps * pr, eps))]
         ]
         return treedef.unflatten(out)
 
