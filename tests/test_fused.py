@@ -114,7 +114,9 @@ def test_compiled_step_does_not_grow_with_leaf_count():
     n_fused = _fusion_count(opt, jol.fuse(many))
     n_tree = _fusion_count(opt, many)
     assert n_fused == n_one
-    assert n_tree > 50 * n_one  # what the fused layout saves
+    # What the fused layout saves: every extra leaf of the tree adds kernels of its own (about 6:
+    # moments, update, norm), while the fused program stays at n_one however many leaves it holds.
+    assert (n_tree - n_one) / (len(many) - 1) >= 5
 
 
 def test_donated_fused_step_runs_in_place():

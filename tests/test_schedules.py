@@ -551,16 +551,12 @@ def test_default_precision_mode_in_subprocess():
 
 
 INVALID = [
-    (lambda: S.linear_schedule(1.0, 0.0, -1), "linear_schedule: transition_steps"),
     (lambda: S.linear_schedule(1.0, 0.0, 10, transition_begin=-2), "linear_schedule: transition_begin"),
     (lambda: S.polynomial_schedule(1.0, 0.0, -1.0, 10), "polynomial_schedule: power"),
-    (lambda: S.polynomial_schedule(1.0, 0.0, 1.0, jnp.array(-3)), "polynomial_schedule: transition_steps"),
     (lambda: S.exponential_decay(1.0, 10, -0.5), "exponential_decay: decay_rate"),
-    (lambda: S.exponential_decay(1.0, -10, 0.5), "exponential_decay: transition_steps"),
     (lambda: S.exponential_decay(1.0, 10, 0.5, transition_begin=-1), "exponential_decay: transition_begin"),
     (lambda: S.natural_exp_decay(1.0, 10, -0.1), "natural_exp_decay: decay_rate"),
     (lambda: S.inverse_time_decay(1.0, 10, float("nan")), "inverse_time_decay: decay_rate"),
-    (lambda: S.inverse_time_decay(1.0, -1, 0.1), "inverse_time_decay: transition_steps"),
     (lambda: S.piecewise_constant_schedule(1.0, {10: -0.5}),
      r"piecewise_constant_schedule: boundaries_and_scales\[10\]"),
     (lambda: S.piecewise_constant_schedule(1.0, {-10: 0.5}), "piecewise_constant_schedule: boundaries_and_scales key"),
@@ -581,8 +577,6 @@ INVALID = [
      "warmup_exponential_decay_schedule: warmup_steps"),
     (lambda: S.warmup_exponential_decay_schedule(0.0, 1.0, 5, 10, -0.5),
      "warmup_exponential_decay_schedule: decay_rate"),
-    (lambda: S.warmup_exponential_decay_schedule(0.0, 1.0, 5, -10, 0.5),
-     "warmup_exponential_decay_schedule: transition_steps"),
     (lambda: S.linear_onecycle_schedule(0, 1.0), "linear_onecycle_schedule: transition_steps"),
     (lambda: S.linear_onecycle_schedule(100, 1.0, pct_start=0.0), "linear_onecycle_schedule: pct_start"),
     (lambda: S.linear_onecycle_schedule(100, 1.0, pct_start=1.0), "linear_onecycle_schedule: pct_start"),
@@ -612,6 +606,35 @@ INVALID = [
 def test_invalid_concrete_inputs_raise(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+NEGATIVE_TRANSITION = [
+    ("linear_schedule", lambda m: m.linear_schedule(1.0, 0.0, -1), 1.0),
+    ("polynomial_schedule", lambda m: m.polynomial_schedule(1.0, 0.0, 1.0, -3), 1.0),
+    ("exponential_decay", lambda m: m.exponential_decay(1.0, -10, 0.5), 1.0),
+    ("warmup_exponential_decay_schedule", lambda m: m.warmup_exponential_decay_schedule(0.0, 1.0, 5, -10, 0.5), None),
+]
+
+
+@pytest.mark.parametrize("name, build, constant", NEGATIVE_TRANSITION, ids=[n for n, _, _ in NEGATIVE_TRANSITION])
+def test_negative_transition_steps_warn_and_match_optax(name, build, constant):
+    # Optax treats a negative transition_steps as "no transition" (and only logs it); a script that
+    # relies on it must run unchanged here, so we keep the value and warn instead of raising.
+    with pytest.warns(UserWarning, match=f"{name}: transition_steps = -[0-9]+ is negative"):
+        ours = build(S)
+    theirs = build(optax)
+    steps = np.arange(0, 40, 3)
+    got = np.array([ours(t) for t in steps])
+    np.testing.assert_allclose(got, np.array([theirs(t) for t in steps]), rtol=1e-6)
+    if constant is not None:
+        np.testing.assert_array_equal(got, constant)
+
+
+def test_negative_transition_steps_warn_in_our_extra_decays():
+    for build in (lambda: S.inverse_time_decay(1.0, -1, 0.1), lambda: S.natural_exp_decay(1.0, -1, 0.1)):
+        with pytest.warns(UserWarning, match="transition_steps = -1 is negative"):
+            schedule = build()
+        assert float(schedule(0)) == float(schedule(25)) == 1.0
 
 
 def test_structural_arguments_must_be_static():
