@@ -119,8 +119,21 @@ def select_platform(device: str) -> None:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave room for the peers
 
 
-def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt
+class _Stop:
+    """Ctrl-C or a kill, remembered: a KeyboardInterrupt raised inside a callback (JAX's garbage-collection
+    hook, for one) is printed and swallowed by Python, so the run also checks this flag between tasks."""
+
+    requested = False
+
+    @classmethod
+    def handler(cls, signum, frame):  # noqa: ARG003 - signal handler signature
+        cls.requested = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    def check(cls) -> None:
+        if cls.requested:
+            raise KeyboardInterrupt
 
 
 class Run:
@@ -188,21 +201,25 @@ class Run:
                     task.run(self.ctx)
                     self.seconds[section] += time.perf_counter() - t
                     bar.update(task.cost)
+                    _Stop.check()
                 self.finish_section(section)
+                _Stop.check()
                 self.current = None
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     select_platform(config.device)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a kill leaves what a Ctrl-C leaves
+    # A kill leaves what a Ctrl-C leaves.
+    previous = {sig: signal.signal(sig, _Stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _main(config)
     except KeyboardInterrupt:  # before the first section started: nothing to keep
         print(f"\nInterrupted before any section ran; nothing written to {config.out}/.", file=sys.stderr)
         return INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _main(config: Config) -> int:

@@ -148,7 +148,7 @@ def _state_mismatch(owner: str, init: Callable, state: Any, likes: tuple) -> str
 
 
 def with_owner(owner: str, tx: GradientTransformation) -> GradientTransformationExtraArgs:
-    """``tx`` whose ``update`` errors name ``owner``, the optimizer the user called.
+    """``tx`` whose ``init`` and ``update`` errors name ``owner``, the optimizer the user called.
 
     Costs nothing on the happy path: only when ``update`` raises is the state
     compared with what ``init`` makes (under ``jax.eval_shape``); a state of
@@ -156,6 +156,15 @@ def with_owner(owner: str, tx: GradientTransformation) -> GradientTransformation
     difference, any other ``ValueError``/``TypeError`` gets ``owner: `` in front.
     """
     tx = with_extra_args_support(tx)
+
+    def init(params):
+        try:
+            return tx.init(params)
+        except (TypeError, ValueError) as error:
+            renamed = _renamed(owner, error)
+            if renamed is error:
+                raise
+            raise renamed from error
 
     def update(updates, state, params=None, **extra_args):
         try:
@@ -169,7 +178,7 @@ def with_owner(owner: str, tx: GradientTransformation) -> GradientTransformation
                 raise
             raise renamed from error
 
-    return GradientTransformationExtraArgs(tx.init, update)
+    return GradientTransformationExtraArgs(init, update)
 
 
 def alias(constructor: Callable[..., GradientTransformation]) -> Callable[..., GradientTransformationExtraArgs]:

@@ -252,7 +252,8 @@ def test_tree_add_many_and_associative_sum():
 
 @pytest.mark.parametrize(
     "make", [lambda: jol.exponential_decay(2.0, -3, 0.5), lambda: jol.polynomial_schedule(2.0, 0.0, 1.0, -3),
-             lambda: jol.linear_schedule(2.0, 0.0, -3)]
+             lambda: jol.linear_schedule(2.0, 0.0, -3), lambda: jol.schedules.inverse_time_decay(2.0, -3, 0.1),
+             lambda: jol.schedules.natural_exp_decay(2.0, -3, 0.1)]
 )
 def test_negative_transition_steps_give_a_constant_schedule_with_a_warning(make):
     with pytest.warns(UserWarning, match="transition_steps = -3 is negative; the schedule is the constant"):
@@ -261,6 +262,13 @@ def test_negative_transition_steps_give_a_constant_schedule_with_a_warning(make)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_allclose(jol.exponential_decay(2.0, 0, 0.5)(7), 2.0)  # 0: constant, silently
+
+
+def test_negative_transition_steps_after_warmup_like_optax():
+    with pytest.warns(UserWarning, match="warmup_exponential_decay_schedule: transition_steps = -10 is negative"):
+        ours = jol.warmup_exponential_decay_schedule(0.0, 1.0, 5, -10, 0.5)
+    theirs = optax.warmup_exponential_decay_schedule(0.0, 1.0, 5, -10, 0.5)
+    np.testing.assert_allclose([ours(t) for t in range(0, 40, 3)], [theirs(t) for t in range(0, 40, 3)], rtol=1e-6)
 
 
 def test_trace_with_decay_one_is_a_running_sum_like_optax():

@@ -602,39 +602,12 @@ INVALID = [
 ]
 
 
+# A negative transition_steps is not here: it gives a constant schedule with a warning, as in Optax
+# (test_compat.py).
 @pytest.mark.parametrize("build, match", INVALID, ids=[m.replace("\\", "") for _, m in INVALID])
 def test_invalid_concrete_inputs_raise(build, match):
     with pytest.raises(ValueError, match=match):
         build()
-
-
-NEGATIVE_TRANSITION = [
-    ("linear_schedule", lambda m: m.linear_schedule(1.0, 0.0, -1), 1.0),
-    ("polynomial_schedule", lambda m: m.polynomial_schedule(1.0, 0.0, 1.0, -3), 1.0),
-    ("exponential_decay", lambda m: m.exponential_decay(1.0, -10, 0.5), 1.0),
-    ("warmup_exponential_decay_schedule", lambda m: m.warmup_exponential_decay_schedule(0.0, 1.0, 5, -10, 0.5), None),
-]
-
-
-@pytest.mark.parametrize("name, build, constant", NEGATIVE_TRANSITION, ids=[n for n, _, _ in NEGATIVE_TRANSITION])
-def test_negative_transition_steps_warn_and_match_optax(name, build, constant):
-    # Optax treats a negative transition_steps as "no transition" (and only logs it); a script that
-    # relies on it must run unchanged here, so we keep the value and warn instead of raising.
-    with pytest.warns(UserWarning, match=f"{name}: transition_steps = -[0-9]+ is negative"):
-        ours = build(S)
-    theirs = build(optax)
-    steps = np.arange(0, 40, 3)
-    got = np.array([ours(t) for t in steps])
-    np.testing.assert_allclose(got, np.array([theirs(t) for t in steps]), rtol=1e-6)
-    if constant is not None:
-        np.testing.assert_array_equal(got, constant)
-
-
-def test_negative_transition_steps_warn_in_our_extra_decays():
-    for build in (lambda: S.inverse_time_decay(1.0, -1, 0.1), lambda: S.natural_exp_decay(1.0, -1, 0.1)):
-        with pytest.warns(UserWarning, match="transition_steps = -1 is negative"):
-            schedule = build()
-        assert float(schedule(0)) == float(schedule(25)) == 1.0
 
 
 def test_structural_arguments_must_be_static():
