@@ -150,12 +150,30 @@ def _state_mismatch(owner: str, init: Callable, state: Any, likes: tuple) -> str
 def with_owner(owner: str, tx: GradientTransformation) -> GradientTransformationExtraArgs:
     """``tx`` whose ``init`` and ``update`` errors name ``owner``, the optimizer the user called.
 
-    Costs nothing on the happy path: only when ``update`` raises is the state
-    compared with what ``init`` makes (under ``jax.eval_shape``); a state of
-    another optimizer is then reported with the key path of the first
-    difference, any other ``ValueError``/``TypeError`` gets ``owner: `` in front.
+    ``update`` first compares the state's tree structure (node types included)
+    with the one ``init`` makes for inputs of this structure and these shapes,
+    found once under ``jax.eval_shape`` and cached: a state of another optimizer
+    whose fields happen to fit (adabelief's for adam) is refused, not silently
+    used. The message names both state types and the key path where they first
+    differ; the same diagnosis runs when ``update`` raises. Any other
+    ``ValueError``/``TypeError`` gets ``owner: `` in front. Per call this costs
+    one flatten of the inputs' structure, at trace time only under ``jit``.
     """
     tx = with_extra_args_support(tx)
+    expected_structures: dict = {}
+
+    def expected_structure(like):
+        leaves, treedef = jax.tree.flatten(like)
+        key = (treedef, tuple(getattr(x, "shape", ()) for x in leaves))
+        if key not in expected_structures:
+            if len(expected_structures) > 64:
+                expected_structures.clear()
+            try:
+                abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), like)
+                expected_structures[key] = jax.tree.structure(jax.eval_shape(tx.init, abstract))
+            except Exception:  # noqa: BLE001 - no expectation then; update's own checks still run
+                expected_structures[key] = None
+        return expected_structures[key]
 
     def init(params):
         try:
@@ -167,6 +185,11 @@ def with_owner(owner: str, tx: GradientTransformation) -> GradientTransformation
             raise renamed from error
 
     def update(updates, state, params=None, **extra_args):
+        expected = expected_structure(updates if params is None else params)
+        if expected is not None and jax.tree.structure(state) != expected:
+            problem = _state_mismatch(owner, tx.init, state, (params, updates))
+            if problem is not None:
+                raise ValueError(problem)
         try:
             return tx.update(updates, state, params, **extra_args)
         except (AttributeError, TypeError, ValueError, IndexError, KeyError) as error:
@@ -271,16 +294,14 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
                 f"got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else 'n/a'}"
             )
         if params is not None:
-            _tree.check_same_structure(updates, params, "updates", "params")
-            for (path, u), p in zip(jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(params)):
-                per_example = jnp.ndim(u) == jnp.ndim(p) + 1 and jnp.shape(u)[1:] == jnp.shape(p)  # dpsgd's input
-                if jnp.shape(u) != jnp.shape(p) and not per_example:
-                    raise ValueError(f"updates and params must have the same leaf shapes, but at "
-                                     f"{jax.tree_util.keystr(path)} updates has shape {jnp.shape(u)} and params "
-                                     f"has shape {jnp.shape(p)}")
+            _tree.check_same_shapes(updates, params, "updates", "params", per_example=True)  # dpsgd's input
         new_state = []
-        for t, s in zip(transforms, state):
-            updates, s = t.update(updates, s, params, **extra_args)
+        for i, (t, s) in enumerate(zip(transforms, state)):
+            try:
+                updates, s = t.update(updates, s, params, **extra_args)
+            except AttributeError as error:  # a state of another kind: say so, not "'X' has no attribute 'y'"
+                raise ValueError(f"chain: the state of transform {i} is a {type(s).__name__}, not one its init "
+                                 f"makes ({error})") from error
             new_state.append(s)
         return updates, tuple(new_state)
 

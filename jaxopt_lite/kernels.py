@@ -47,11 +47,11 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-from jaxopt_lite import _checks
+from jaxopt_lite import _checks, numerics
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import ScalarOrSchedule, apply_updates
 from jaxopt_lite.transforms.adaptive import ScaleByAdamState, scale_by_adam
-from jaxopt_lite.transforms.clipping import clip_factor
+from jaxopt_lite.transforms.clipping import clip_scales
 
 _SOURCE = Path(__file__).parent / "_csrc" / "adam_step.cc"
 _TARGET = "jaxopt_lite_adamw_step"
@@ -185,10 +185,14 @@ def adamw_step(
         _checks.check_state_type("adamw_step", state, ScaleByAdamState)
         _tree.check_same_shapes(grads, params, "grads", "params")
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        gscale = 1.0 if max_grad_norm is None else clip_factor(_tree.global_norm(grads), max_grad_norm)
+        if max_grad_norm is None:
+            prescale = gscale = 1.0
+        else:  # overflow-safe, as clip_by_global_norm: g' = (g * prescale) * gscale
+            prescale, gscale = clip_scales(*numerics.scaled_global_norm(jax.tree.leaves(grads)), max_grad_norm)
 
         def composed():  # the library's transforms: the reference semantics, and the fallback
-            updates, new_state = adam.update(_tree.scale(gscale, grads), state)
+            clipped = jax.tree.map(lambda g: ((g * prescale) * gscale).astype(g.dtype), grads)
+            updates, new_state = adam.update(clipped, state)
             updates = _tree.add_scale(updates, weight_decay, params)
             return apply_updates(params, _tree.scale(-lr, updates)), new_state
 
@@ -200,7 +204,7 @@ def adamw_step(
             count = _tree.safe_increment(state.count)
             t = count.astype(jnp.float32)
             hyper = jnp.stack([jnp.asarray(x, jnp.float32) for x in (
-                lr, b1, b2, eps, eps_root, weight_decay, 1.0 / (1.0 - b1**t), 1.0 / (1.0 - b2**t), gscale)])
+                lr, b1, b2, eps, eps_root, weight_decay, 1.0 / (1.0 - b1**t), 1.0 / (1.0 - b2**t), prescale, gscale)])
 
             def leaf(p, g, m, v):
                 shaped = (p, g, m, v) if p.ndim else tuple(x.reshape(1) for x in (p, g, m, v))

@@ -93,11 +93,18 @@ def check_same_structure(a: Tree, b: Tree, name_a: str = "first tree", name_b: s
         )
 
 
-def check_same_shapes(a: Tree, b: Tree, name_a: str = "first tree", name_b: str = "second tree") -> None:
-    """Like :func:`check_same_structure`, and the leaves must have the same shapes (no silent broadcast)."""
+def check_same_shapes(
+    a: Tree, b: Tree, name_a: str = "first tree", name_b: str = "second tree", *, per_example: bool = False
+) -> None:
+    """Like :func:`check_same_structure`, and the leaves must have the same shapes (no silent broadcast).
+
+    ``per_example``: a leaf of ``a`` may also have one extra leading axis (a batch of
+    per-example gradients, as ``dpsgd`` takes).
+    """
     check_same_structure(a, b, name_a, name_b)
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
-        if jnp.shape(x) != jnp.shape(y):
+        batched = per_example and jnp.ndim(x) == jnp.ndim(y) + 1 and jnp.shape(x)[1:] == jnp.shape(y)
+        if jnp.shape(x) != jnp.shape(y) and not batched:
             raise ValueError(
                 f"{name_a} and {name_b} must have the same leaf shapes, but at {jax.tree_util.keystr(path)} "
                 f"{name_a} has shape {jnp.shape(x)} and {name_b} has shape {jnp.shape(y)}"
@@ -111,11 +118,21 @@ def require_params(owner: str, updates: Tree, params: Tree, why: str = "") -> No
     check_same_shapes(updates, params, "updates", "params")
 
 
-def check_floating(params: Tree, owner: str) -> None:
-    """Raises ``TypeError`` if any leaf of ``params`` is not a floating-point array."""
+def check_floating(params: Tree, owner: str, *, real: str | None = None) -> None:
+    """Raises ``TypeError`` if any leaf of ``params`` is not a floating-point array.
+
+    With ``real`` (why the algorithm needs real numbers), complex leaves are refused
+    too, with a ``ValueError`` that says so and how to optimise them anyway.
+    """
     paths_and_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     for path, leaf in paths_and_leaves:
         dtype = jnp.result_type(leaf)
+        if real is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+            raise ValueError(
+                f"{owner}: complex parameters are not supported ({real}), but parameter "
+                f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}; optimize its real and imaginary "
+                "parts instead (split_real_and_imaginary)"
+            )
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
                 f"{owner}: parameter {jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}; "
@@ -245,6 +262,24 @@ def _sharded_like(x: Any, out: jax.Array) -> jax.Array:
 def zeros_like(tree: Tree, dtype: Any = None) -> Tree:
     """Zeros shaped (and sharded) like each leaf, in ``dtype`` or the leaf's dtype."""
     return jax.tree.map(lambda x: _sharded_like(x, jnp.zeros_like(x, dtype=dtype)), tree)
+
+
+def accumulator_dtype(leaf: Any, dtype: Any = None) -> Any:
+    """The dtype a state buffer of ``leaf`` is kept in: ``dtype`` as a precision, the leaf's domain.
+
+    ``None`` is the leaf's dtype; a real ``dtype`` (``mu_dtype=jnp.float32``) for a
+    complex leaf is its complex counterpart, so the imaginary part is never dropped.
+    """
+    if dtype is None:
+        return jnp.result_type(leaf)
+    if jnp.iscomplexobj(leaf) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        return jnp.promote_types(dtype, jnp.complex64)
+    return jnp.dtype(dtype)
+
+
+def accumulator_zeros(tree: Tree, dtype: Any = None) -> Tree:
+    """State buffers of zeros shaped (and sharded) like each leaf, in :func:`accumulator_dtype`."""
+    return jax.tree.map(lambda x: _sharded_like(x, jnp.zeros_like(x, dtype=accumulator_dtype(x, dtype))), tree)
 
 
 def ones_like(tree: Tree, dtype: Any = None) -> Tree:

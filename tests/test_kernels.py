@@ -65,6 +65,24 @@ def test_step_equals_composed_transforms(use_kernel, max_grad_norm):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)  # grads depend on params: rounding feeds back
 
 
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_gradients_near_the_float32_maximum_are_clipped_along_their_direction(use_kernel):
+    """||g|| overflows float32 here; the step must still equal the clipped one, not zero."""
+    fused = kernels.adamw_step(1e-2, weight_decay=0.0, max_grad_norm=1.0, use_kernel=use_kernel)
+    params = {"w": jnp.zeros((4, 3), jnp.float32), "s": jnp.zeros((), jnp.float32)}
+    big = np.linspace(-3e38, 3e38, 12).reshape(4, 3)
+    grads = {"w": jnp.asarray(big, jnp.float32), "s": jnp.asarray(2e38, jnp.float32)}
+    norm = np.sqrt(np.sum(big.astype(np.float64) ** 2) + 2e38**2)
+    clipped = {"w": jnp.asarray(big / norm, jnp.float32), "s": jnp.asarray(2e38 / norm, jnp.float32)}
+    reference = kernels.adamw_step(1e-2, weight_decay=0.0, use_kernel=False)
+    got, _ = jax.jit(fused.step)(params, grads, fused.init(params))
+    want, _ = jax.jit(reference.step)(params, clipped, reference.init(params))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert np.all(np.isfinite(a)), a
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert float(jnp.abs(got["s"])) > 5e-3  # Adam's first step is lr * sign(g) away from 0
+
+
 def test_float64_and_fused_layout():
     fused_step = kernels.adamw_step(1e-2, weight_decay=0.01)
     opt, composed = _composed_step(1e-2, 0.01, None)

@@ -2,8 +2,8 @@
 // jaxopt_lite.kernels.adamw_step. XLA:CPU splits the same update into three
 // loops (40 bytes per parameter); this is one pass over p, g, m, v (28 bytes).
 //
-// hyper = [lr, b1, b2, eps, eps_root, weight_decay, 1/(1-b1^t), 1/(1-b2^t), grad_scale]
-//   g' = grad_scale * g
+// hyper = [lr, b1, b2, eps, eps_root, weight_decay, 1/(1-b1^t), 1/(1-b2^t), grad_prescale, grad_scale]
+//   g' = (grad_prescale * g) * grad_scale   (two factors: see clipping.clip_scales; both 1 unclipped)
 //   m  <- b1 m + (1-b1) g'          v <- b2 v + (1-b2) g'^2
 //   p  <- p - lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t) + eps_root) + eps) + weight_decay * p)
 #include <algorithm>
@@ -19,13 +19,13 @@ namespace ffi = xla::ffi;
 namespace {
 
 struct Hyper {
-  float lr, b1, b2, eps, eps_root, wd, inv_bc1, inv_bc2, gscale;
+  float lr, b1, b2, eps, eps_root, wd, inv_bc1, inv_bc2, gprescale, gscale;
 };
 
 void Step(const Hyper h, const float* g, float* p, float* m, float* v, int64_t begin, int64_t end) {
   const float c1 = 1.0f - h.b1, c2 = 1.0f - h.b2;
   for (int64_t i = begin; i < end; ++i) {
-    const float gi = g[i] * h.gscale;
+    const float gi = (g[i] * h.gprescale) * h.gscale;
     const float mi = h.b1 * m[i] + c1 * gi;
     const float vi = h.b2 * v[i] + c2 * (gi * gi);
     const float denom = std::sqrt(vi * h.inv_bc2 + h.eps_root) + h.eps;
@@ -45,11 +45,11 @@ ffi::Error AdamwStepImpl(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> g, ffi::
   if (g.element_count() != n || m.element_count() != n || v.element_count() != n) {
     return ffi::Error::InvalidArgument("adamw_step: p, g, m, v must have the same number of elements");
   }
-  if (hyper.element_count() != 9) {
-    return ffi::Error::InvalidArgument("adamw_step: expected 9 hyperparameters");
+  if (hyper.element_count() != 10) {
+    return ffi::Error::InvalidArgument("adamw_step: expected 10 hyperparameters");
   }
   const float* hv = hyper.typed_data();
-  const Hyper h{hv[0], hv[1], hv[2], hv[3], hv[4], hv[5], hv[6], hv[7], hv[8]};
+  const Hyper h{hv[0], hv[1], hv[2], hv[3], hv[4], hv[5], hv[6], hv[7], hv[8], hv[9]};
   float* po = p_out->typed_data();
   float* mo = m_out->typed_data();
   float* vo = v_out->typed_data();

@@ -82,9 +82,9 @@ def scale_by_ademamix(
         return ScaleByAdemamixState(
             count=_tree.zero_count(),
             count_m2=_tree.zero_count(),
-            m1=_tree.zeros_like(params, mu_dtype),
-            m2=_tree.zeros_like(params, mu_dtype),
-            nu=_tree.zeros_like(params, mu_dtype),
+            m1=_tree.accumulator_zeros(params, mu_dtype),
+            m2=_tree.accumulator_zeros(params, mu_dtype),
+            nu=_tree.accumulator_zeros(params, mu_dtype),
         )
 
     def update(updates, state, params=None):

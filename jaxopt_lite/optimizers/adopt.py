@@ -51,8 +51,8 @@ def scale_by_adopt(
     _checks.check_nonnegative(owner, "eps", eps)
 
     def init(params):
-        _tree.check_floating(params, owner)
-        mu, nu = _tree.zeros_like(params, mu_dtype), _tree.zeros_like(params)
+        _tree.check_floating(params, owner, real="ADOPT clips g / sqrt(v), and complex numbers have no order")
+        mu, nu = _tree.accumulator_zeros(params, mu_dtype), _tree.zeros_like(params)
         return ScaleByAdamState(count=_tree.zero_count(), mu=mu, nu=nu)
 
     def update(updates, state, params=None):

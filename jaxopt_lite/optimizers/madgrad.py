@@ -46,7 +46,7 @@ def scale_by_madgrad(
         _checks.check_learning_rate(owner, learning_rate)
 
     def init(params):
-        _tree.check_floating(params, owner)
+        _tree.check_floating(params, owner, real="MADGRAD takes the cube root of its accumulated gradients")
         return MadgradState(
             count=_tree.zero_count(),
             grad_sum_sq=_tree.zeros_like(params),

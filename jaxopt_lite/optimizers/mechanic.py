@@ -63,7 +63,7 @@ def mechanize(
     base_optimizer = with_extra_args_support(base_optimizer)
 
     def init(params):
-        _tree.check_floating(params, owner)
+        _tree.check_floating(params, owner, real="Mechanic clips an inner product of updates")
         dtype = jnp.promote_types(_tree.dtype(params, "lowest"), jnp.float32)
         zeros = jnp.zeros([num_betas], dtype)
         return MechanicState(

@@ -331,7 +331,7 @@ def scale_by_muon(
 
     def init(params):
         _tree.check_floating(params, owner)
-        return MuonState(count=_tree.zero_count(), mu=_tree.zeros_like(params, mu_dtype), ns_coeffs=coeffs)
+        return MuonState(count=_tree.zero_count(), mu=_tree.accumulator_zeros(params, mu_dtype), ns_coeffs=coeffs)
 
     def update(updates, state, params=None):
         del params

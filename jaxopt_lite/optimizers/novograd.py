@@ -77,7 +77,7 @@ def scale_by_novograd(
         _tree.check_floating(params, owner)
         return ScaleByNovogradState(
             count=_tree.zero_count(),
-            mu=_tree.zeros_like(params, mu_dtype),
+            mu=_tree.accumulator_zeros(params, mu_dtype),
             nu=jax.tree.map(lambda p: jnp.zeros([], jnp.result_type(p)), params),
         )
 

@@ -23,14 +23,6 @@ class ScaleBySM3State(NamedTuple):
     nu: Any
 
 
-def _reject_complex(owner: str, params: Any) -> None:
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        if jnp.iscomplexobj(leaf):
-            raise ValueError(f"{owner}: complex parameters are not supported (as in Optax), but parameter "
-                             f"{jax.tree_util.keystr(path) or '<root>'} has dtype {jnp.result_type(leaf)}; "
-                             "optimize its real and imaginary parts (split_real_and_imaginary) instead")
-
-
 def _broadcastable(m: jax.Array, ndim: int, axis: int) -> jax.Array:
     """The accumulator of ``axis`` reshaped to ``[1, ..., n_axis, ..., 1]``."""
     return jnp.reshape(m, [1] * axis + [m.shape[0]] + [1] * (ndim - axis - 1))
@@ -65,8 +57,7 @@ def scale_by_sm3(
     b2_value = _checks.concrete(b2)
 
     def init(params):
-        _tree.check_floating(params, owner)
-        _reject_complex(owner, params)
+        _tree.check_floating(params, owner, real="as in Optax")
 
         def accumulators(p):
             p = jnp.asarray(p)

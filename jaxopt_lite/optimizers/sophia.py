@@ -118,10 +118,10 @@ def scale_by_sophia(
     estimator = with_extra_args_support(hessian_diagonal_fn)
 
     def init(params):
-        _tree.check_floating(params, owner)
+        _tree.check_floating(params, owner, real="Sophia clips m / (gamma h), and complex numbers have no order")
         return SophiaState(
             count=_tree.zero_count(),
-            mu=_tree.zeros_like(params, mu_dtype),
+            mu=_tree.accumulator_zeros(params, mu_dtype),
             nu=_tree.zeros_like(params),
             hessian_fn_state=estimator.init(params),
         )

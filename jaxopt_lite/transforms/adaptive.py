@@ -104,7 +104,7 @@ def _check_eps(owner: str, **eps: Any) -> None:
 
 def _moments_init(owner: str, params: Any, mu_dtype: Any, nu_dtype: Any) -> tuple[Any, Any]:
     _tree.check_floating(params, owner)
-    return _tree.zeros_like(params, mu_dtype), _tree.zeros_like(params, nu_dtype)
+    return _tree.accumulator_zeros(params, mu_dtype), _tree.accumulator_zeros(params, nu_dtype)
 
 
 def _adam_moments(owner: str, updates: Any, state: Any, b1: Any, b2: Any) -> tuple[Any, Any, jax.Array]:
@@ -544,7 +544,7 @@ def scale_by_lion(
 
     def init(params):
         _tree.check_floating(params, "scale_by_lion")
-        return ScaleByLionState(count=_tree.zero_count(), mu=_tree.zeros_like(params, mu_dtype))
+        return ScaleByLionState(count=_tree.zero_count(), mu=_tree.accumulator_zeros(params, mu_dtype))
 
     def update(updates, state, params=None):
         del params

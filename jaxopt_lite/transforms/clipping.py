@@ -22,7 +22,7 @@ def clip_factor(norm: jax.Array, max_norm: Any) -> jax.Array:
     return jnp.where(too_big, max_norm / safe_norm, 1.0)
 
 
-def _clip_scales(scale: jax.Array, root: jax.Array, max_norm: Any) -> tuple[jax.Array, jax.Array]:
+def clip_scales(scale: jax.Array, root: jax.Array, max_norm: Any) -> tuple[jax.Array, jax.Array]:
     """``(r, f)`` with ``u * min(1, max_norm / norm) == (u * r) * f`` for ``norm = scale * root``.
 
     For gradients near the dtype's maximum the norm itself overflows and
@@ -59,7 +59,7 @@ def clip_by_norm(max_norm: float | jax.Array) -> GradientTransformation:
         del params
         reject_fused("clip_by_norm", updates)
         leaves, treedef = jax.tree.flatten(updates)
-        scales = [_clip_scales(s, r, max_norm) for s, r in numerics.scaled_norms(leaves)]
+        scales = [clip_scales(s, r, max_norm) for s, r in numerics.scaled_norms(leaves)]
         return treedef.unflatten([((u * r) * f).astype(u.dtype) for u, (r, f) in zip(leaves, scales)])
 
     return stateless(apply)
@@ -78,7 +78,7 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
     def apply(updates, params):
         del params
         leaves, treedef = jax.tree.flatten(updates)
-        r, f = _clip_scales(*numerics.scaled_global_norm(leaves), max_norm)  # once for the whole tree
+        r, f = clip_scales(*numerics.scaled_global_norm(leaves), max_norm)  # once for the whole tree
         return treedef.unflatten([((u * r) * f).astype(u.dtype) for u in leaves])
 
     return stateless(apply)
@@ -144,7 +144,7 @@ def adaptive_grad_clip(
         out = [
             ((g * r) * f).astype(g.dtype)
             for g, gn, (ps, pr) in zip(g_leaves, g_norms, p_norms)
-            for r, f in [_clip_scales(*gn, clipping * jnp.maximum(ps * pr, eps))]
+            for r, f in [clip_scales(*gn, clipping * jnp.maximum(ps * pr, eps))]
         ]
         return treedef.unflatten(out)
 

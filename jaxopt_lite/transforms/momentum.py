@@ -43,7 +43,7 @@ def trace(
 
     def init(params):
         _tree.check_floating(params, "trace")
-        return TraceState(trace=_tree.zeros_like(params, accumulator_dtype))
+        return TraceState(trace=_tree.accumulator_zeros(params, accumulator_dtype))
 
     def update(updates, state, params=None):
         del params
@@ -72,7 +72,7 @@ def ema(decay: float | jax.Array, debias: bool = True, accumulator_dtype: Any = 
 
     def init(params):
         _tree.check_floating(params, "ema")
-        return EmaState(count=_tree.zero_count(), ema=_tree.zeros_like(params, accumulator_dtype))
+        return EmaState(count=_tree.zero_count(), ema=_tree.accumulator_zeros(params, accumulator_dtype))
 
     def update(updates, state, params=None):
         del params

@@ -183,7 +183,7 @@ class MultiSteps:
             mini_step=jnp.zeros([], jnp.int32),
             gradient_step=gradient_step,
             inner_opt_state=self._opt.init(params),
-            acc_grads=_tree.zeros_like(params, dtype=self._accumulator_dtype),
+            acc_grads=_tree.accumulator_zeros(params, self._accumulator_dtype),
             skip_state=skip_state,
         )
 

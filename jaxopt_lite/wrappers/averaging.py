@@ -185,7 +185,8 @@ def params_ema(
     acc_dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
 
     def init(params):
-        return ParamsEMAState(count=_tree.zero_count(), ema=_tree.cast(params, acc_dtype))
+        ema = jax.tree.map(lambda p: jnp.asarray(p).astype(_tree.accumulator_dtype(p, acc_dtype)), params)
+        return ParamsEMAState(count=_tree.zero_count(), ema=ema)
 
     def update(params, state):
         _tree.check_same_structure(params, state.ema, "params", "state.ema")
