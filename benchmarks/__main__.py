@@ -126,7 +126,7 @@ class _Stop:
     requested = False
 
     @classmethod
-    def handler(cls, signum, frame):  # noqa: ARG003 - signal handler signature
+    def handler(cls, signum, frame):  # the signal handler signature
         cls.requested = True
         raise KeyboardInterrupt
 

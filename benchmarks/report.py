@@ -168,8 +168,9 @@ def _speed_table(section: str, sec: dict) -> Table:
     peers = [p for p in dict.fromkeys(p for r in rows_in for p in r.get("speedup_vs", {})) if p not in (fused, kernel)]
     has_fused = any(fused in r.get("impls", {}) for r in rows_in)
     has_kernel = any(kernel in r.get("impls", {}) for r in rows_in)
+    has_optax = any("optax" in r.get("impls", {}) for r in rows_in)
     headers = ["optimizer", "params", "leaves", "step (tree path)", "% roofline", "roofline GB/s", "compile",
-               "XLA B/param (nominal)"]
+               *(["optax compile"] if has_optax else []), "XLA B/param (nominal)"]
     if has_fused:
         headers += ["fused step", "fused % roofline", "fused compile", "fused vs tree path"]
     if has_kernel:
@@ -195,14 +196,16 @@ def _speed_table(section: str, sec: dict) -> Table:
                 return _err(rec)
             return fmt_faster(rec["time"]["median_s"] / subject_t) if subject_t else "—"
 
+        peer = impls.get("optax") or {}
+        optax_compile = ([_compile_s(peer["compile"]) if peer.get("compile") else ""] if has_optax else [])
         if tree is None:
-            cells = ["skipped (> max leaves)", "", fmt(r["bandwidth_gb_s"]), "", ""]
+            cells = ["skipped (> max leaves)", "", fmt(r["bandwidth_gb_s"]), "", *optax_compile, ""]
         elif _err(tree):
-            cells = [_err(tree), "", fmt(r["bandwidth_gb_s"]), "", ""]
+            cells = [_err(tree), "", fmt(r["bandwidth_gb_s"]), "", *optax_compile, ""]
         else:
             xla = tree["xla_bytes_per_param"]
             cells = [fmt_timing(tree["time"]), fmt_pct(tree["fraction_of_roofline"]), fmt(r["bandwidth_gb_s"]),
-                     _compile_s(tree["compile"]), f"{fmt(xla)} ({r['nominal_bytes_per_param']})"]
+                     _compile_s(tree["compile"]), *optax_compile, f"{fmt(xla)} ({r['nominal_bytes_per_param']})"]
         if has_fused:
             rec = impls.get(fused)
             if rec is None or _err(rec):
@@ -227,6 +230,7 @@ def _speed_table(section: str, sec: dict) -> Table:
             "of STREAM kernels (scale/add/triad, in place) of the same size timed alongside and in the roofline "
             "section"
             + (f", or, where it streamed faster still, the best sample of {', '.join(refs)}" if refs else "")
+            + ". Compile: trace and lower plus XLA compile of the whole step (update and apply_updates)"
             + ". XLA B/param: XLA's cost model (bytes accessed / params) vs the nominal bytes of a fully fused "
             "update. 'vs X': how this library's step compares with X's ('1.6x faster': X takes 1.6 times as long); "
             "where the tree path was skipped, the fused layout is compared. 'fused': params, grads and state in the "

@@ -26,19 +26,49 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxopt_lite import _checks
+
 
 @jax.custom_jvp
+def safe_sqrt_all(xs: tuple) -> tuple:
+    """:func:`safe_sqrt` of every array in ``xs`` in one call.
+
+    One custom-derivative rule for a whole tree's leaves: tracing a
+    ``custom_jvp`` costs several times a plain ``sqrt``, so per-leaf calls would
+    dominate the trace of a many-leaf step.
+    """
+    return tuple(jnp.sqrt(x) for x in xs)
+
+
+@safe_sqrt_all.defjvp
+def _safe_sqrt_all_jvp(primals, tangents):
+    (xs,), (ts,) = primals, tangents
+    roots = tuple(jnp.sqrt(x) for x in xs)
+
+    def tangent(x, root, t):
+        positive = x > 0
+        return jnp.where(positive, t / (2 * jnp.where(positive, root, 1)), jnp.zeros_like(t))
+
+    return roots, tuple(tangent(x, r, t) for x, r, t in zip(xs, roots, ts))
+
+
 def safe_sqrt(x: jax.Array) -> jax.Array:
     """``sqrt(x)`` whose derivative at ``x == 0`` is 0 (not ``inf``); forward values are ``jnp.sqrt``'s."""
-    return jnp.sqrt(x)
+    return safe_sqrt_all((x,))[0]
 
 
-@safe_sqrt.defjvp
-def _safe_sqrt_jvp(primals, tangents):
-    (x,), (t,) = primals, tangents
-    root = jnp.sqrt(x)
-    positive = x > 0
-    return root, jnp.where(positive, t / (2 * jnp.where(positive, root, 1)), jnp.zeros_like(t))
+def known_positive(x: Any) -> bool:
+    """Whether ``x`` is concrete now and every entry is ``> 0`` (so ``r + x`` with ``r >= 0`` cannot be 0)."""
+    value = _checks.concrete(x)
+    return value is not None and value.size > 0 and bool(np.all(value > 0))
+
+
+def known_zero(x: Any) -> bool:
+    """Whether ``x`` is concrete now and every entry is 0 (so adding it can be skipped)."""
+    if type(x) in (int, float):
+        return x == 0
+    value = _checks.concrete(x)
+    return value is not None and value.size > 0 and not bool(np.any(value))
 
 
 @jax.custom_jvp
@@ -134,23 +164,28 @@ def _reduce(fn, x: jax.Array, axis: Any) -> jax.Array:
     return fn(x, axis=axis, keepdims=True)
 
 
-def _max_abs(x: jax.Array, axis: Any, dtype: Any) -> jax.Array:
-    if x.size == 0:
-        return jnp.zeros([] if axis is None else jnp.sum(x, axis=axis, keepdims=True).shape, dtype)
-    return _reduce(jnp.max, jnp.abs(x), axis).astype(dtype)
+def _overflow_scale(dtype: Any) -> tuple[Any, Any]:
+    """``(1 / s, s)`` with ``s = 2**(-3/4 maxexp)`` (``2**-96`` in float32): ``|x * s|**2`` cannot overflow,
+    nor can a sum of up to ``2**(maxexp / 2 - 1)`` of them. Scaling by a power of two is exact, and
+    where a plain sum of squares overflowed, entries small enough to underflow after scaling
+    contribute below the dtype's precision."""
+    exponent = 3 * jnp.finfo(dtype).maxexp // 4
+    # The barrier keeps XLA from folding (x s)**2 into x**2 s**2, where s**2 underflows to 0.
+    return jnp.asarray(2.0**exponent, dtype), jax.lax.optimization_barrier(jnp.asarray(2.0**-exponent, dtype))
 
 
 def scaled_norms(leaves: list, axes: list | None = None, dtype: Any = None) -> list[tuple[jax.Array, jax.Array]]:
     """Each leaf's L2 norm (over ``axes[i]`` with kept dimensions, or of the whole leaf) as ``(scale, root)``.
 
     The norm is ``scale * root``; ``scale`` is 1 unless a plain sum of squares
-    overflowed, in which case it is the largest magnitude of the unit and
-    ``root = sqrt(sum |x / scale|**2)``. A norm that is itself above the dtype's
-    maximum stays usable this way: ``x * (c / norm)`` is ``(x / scale) * (c / root)``.
-    ``|z|`` for complex entries; computed in ``dtype`` (default: the leaves'
-    dtype, at least float32). The plain sums run first; one ``lax.cond`` for all
-    leaves together (never one per leaf) rescales them all when any overflows.
-    The derivative at a zero norm is 0.
+    overflowed for that unit, in which case it is a fixed power of two (``2**96``
+    in float32) and ``root = sqrt(sum |x / scale|**2)``. A norm that is itself above the
+    dtype's maximum stays usable this way: ``x * (c / norm)`` is
+    ``(x / scale) * (c / root)``. ``|z|`` for complex entries; computed in
+    ``dtype`` (default: the leaves' dtype, at least float32). The plain sums run
+    first; one ``lax.cond`` for all leaves together (never one per leaf)
+    rescales them all, in one more pass, when any overflows. The derivative at
+    a zero norm is 0.
     """
     leaves = [jnp.asarray(x) for x in leaves]
     if not leaves:
@@ -160,17 +195,18 @@ def scaled_norms(leaves: list, axes: list | None = None, dtype: Any = None) -> l
     wide = [x.astype(jnp.promote_types(x.dtype, dtype)) for x in leaves]
     plain = [_reduce(jnp.sum, abs_sq(x), a).astype(dtype) for x, a in zip(wide, axes)]
 
-    def rescaled(_):
-        scales = [_max_abs(x, a, dtype) for x, a in zip(wide, axes)]
-        scales = [jnp.where(s > 0, s, 1).astype(dtype) for s in scales]
-        return scales, [_reduce(jnp.sum, abs_sq(x / s), a).astype(dtype) for x, s, a in zip(wide, scales, axes)]
+    def rescaled(_):  # only the units whose plain sum overflowed: a small one would underflow scaled
+        big, small = _overflow_scale(dtype)
+        sums = [_reduce(jnp.sum, abs_sq(x * small.astype(x.dtype)), a).astype(dtype) for x, a in zip(wide, axes)]
+        scales = [jnp.where(jnp.isfinite(q), jnp.ones([], dtype), big) for q in plain]
+        return scales, [jnp.where(jnp.isfinite(q), q, r) for q, r in zip(plain, sums)]
 
     def unscaled(_):
         return [jnp.ones_like(q) for q in plain], plain
 
     finite = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(q)) for q in plain])
     scales, sums = jax.lax.cond(finite, unscaled, rescaled, None)
-    return [(s, safe_sqrt(q)) for s, q in zip(scales, sums)]
+    return list(zip(scales, safe_sqrt_all(tuple(sums))))
 
 
 def norms(leaves: list, axes: list | None = None, dtype: Any = None) -> list:
@@ -182,8 +218,8 @@ def scaled_global_norm(leaves: list, dtype: Any = None) -> tuple[jax.Array, jax.
     """The L2 norm of all ``leaves`` as one vector, as ``(scale, root)`` with norm ``scale * root``.
 
     The plain sum of squares runs in one pass; only if it overflows does one
-    ``lax.cond`` (for the whole tree) recompute it scaled by the largest
-    magnitude (then ``scale`` is that magnitude, else 1; see :func:`scaled_norms`).
+    ``lax.cond`` (for the whole tree) recompute it scaled by a fixed power of
+    two (then ``scale`` is ``2**96`` in float32, else 1; see :func:`scaled_norms`).
     """
     leaves = [jnp.asarray(x) for x in leaves]
     dtype = accumulation_dtype(leaves) if dtype is None else dtype
@@ -192,9 +228,8 @@ def scaled_global_norm(leaves: list, dtype: Any = None) -> tuple[jax.Array, jax.
     plain = builtins.sum((jnp.sum(abs_sq(x)).astype(dtype) for x in wide), zero)
 
     def rescaled(_):
-        s = functools.reduce(jnp.maximum, [_max_abs(x, None, dtype) for x in wide], zero)
-        s = jnp.where(s > 0, s, 1).astype(dtype)
-        return s, builtins.sum((jnp.sum(abs_sq(x / s)).astype(dtype) for x in wide), zero)
+        big, small = _overflow_scale(dtype)
+        return big, builtins.sum((jnp.sum(abs_sq(x * small.astype(x.dtype))).astype(dtype) for x in wide), zero)
 
     s, q = jax.lax.cond(jnp.isfinite(plain), lambda _: (jnp.ones([], dtype), plain), rescaled, None)
     return s, safe_sqrt(q)

@@ -322,9 +322,12 @@ def _map_moments(leaf, updates: Tree, moments: Tree) -> Tree:
 
 def update_moment(updates: Tree, moments: Tree, decay: Any, order: int) -> Tree:
     """``decay * m + (1 - decay) * u**order``, in each moment's dtype."""
-    return _map_moments(
-        lambda g, m: jnp.asarray(decay * m + (1.0 - decay) * (g**order)).astype(jnp.result_type(m)), updates, moments
-    )
+    keep = 1.0 - decay  # once, not once per leaf
+
+    def leaf(g, m):
+        return jnp.asarray(decay * m + keep * (g if order == 1 else g**order)).astype(jnp.result_type(m))
+
+    return _map_moments(leaf, updates, moments)
 
 
 def update_moment_per_elem_norm(updates: Tree, moments: Tree, decay: Any, order: int) -> Tree:
@@ -335,8 +338,9 @@ def update_moment_per_elem_norm(updates: Tree, moments: Tree, decay: Any, order:
             mag = _numerics.abs_sq(g)
         else:
             mag = jnp.abs(g) ** order
-        return jnp.asarray(decay * m + (1.0 - decay) * mag).astype(jnp.result_type(m))
+        return jnp.asarray(decay * m + keep * mag).astype(jnp.result_type(m))
 
+    keep = 1.0 - decay
     return _map_moments(leaf, updates, moments)
 
 

@@ -57,11 +57,13 @@ def test_grid_accepts_scalars_and_arrays_and_keeps_dtypes():
 
 
 @pytest.mark.parametrize(
-    "axes, error",
-    [({}, ValueError), ({"a": []}, ValueError), ({"a": [[1, 2], [3, 4]]}, ValueError), ({"a": "abc"}, TypeError)],
+    "axes, error, match",
+    [({}, ValueError, "give at least one axis"), ({"a": []}, ValueError, "axis 'a' is empty"),
+     ({"a": [[1, 2], [3, 4]]}, ValueError, r"axis 'a' must be 1-D, got shape \(2, 2\)"),
+     ({"a": "abc"}, TypeError, "axis 'a' must be a 1-D sequence of numbers")],
 )
-def test_grid_rejects_bad_axes(axes, error):
-    with pytest.raises(error):
+def test_grid_rejects_bad_axes(axes, error, match):
+    with pytest.raises(error, match=f"^grid: {match}"):
         grid(**axes)
 
 

@@ -281,7 +281,7 @@ def test_multisteps_rejects_nonpositive_k(k):
     _, state = ms.update(params, state, params)
     with pytest.raises(ValueError, match="every_k_schedule"):
         ms.update(params, state, params)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="MultiSteps: every_k_schedule must be an integer, got 2.5"):
         W.MultiSteps(sgd(0.1), 2.5)
 
 

@@ -13,6 +13,7 @@ The outputs are directions: chain them with ``scale_by_learning_rate`` (the
 aliases in :mod:`jaxopt_lite.aliases` do) to take a descent step.
 """
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.numerics import abs_sq, safe_div, safe_sqrt
+from jaxopt_lite.numerics import abs_sq, known_positive, known_zero, safe_div, safe_sqrt, safe_sqrt_all
 from jaxopt_lite.base import GradientTransformation
 
 
@@ -125,17 +126,28 @@ def _nesterov_first_moment(updates: Any, mu: Any, b1: Any, count: jax.Array) -> 
     return jax.tree.map(lambda m, g: (b1 * m + (1.0 - b1) * g).astype(m.dtype), ahead, now)
 
 
-def _root(v: jax.Array, eps_root: Any = 0.0) -> jax.Array:
-    """``sqrt(v + eps_root)`` of a second moment (real even when stored in a complex dtype), with a finite
-    derivative at 0 (so meta-gradients stay finite where a gradient coordinate is exactly zero)."""
-    return safe_sqrt(jnp.real(v) + eps_root)
+def _roots(second: Any, eps_root: Any = 0.0) -> Any:
+    """``sqrt(v + eps_root)`` of every second moment (real even when stored in a complex dtype), with a
+    finite derivative at 0 (so meta-gradients stay finite where a gradient coordinate is exactly zero).
+    One :func:`safe_sqrt_all` for the tree; a concrete zero ``eps_root`` adds nothing."""
+    leaves, treedef = jax.tree.flatten(second)
+    shifted = [jnp.real(v) if jnp.iscomplexobj(v) else v for v in leaves]
+    if not known_zero(eps_root):
+        shifted = [v + eps_root for v in shifted]
+    return treedef.unflatten(list(safe_sqrt_all(tuple(shifted))))
+
+
+def _divide(eps: Any) -> Callable[[Any, Any], Any]:
+    """``n / (r + eps)`` for ``r >= 0``: a plain division when ``eps`` is known positive, else 0 where the
+    denominator is 0 (only when ``eps == 0`` and every past gradient was 0, so ``n == 0``)."""
+    return (lambda n, d: n / d) if known_positive(eps) else safe_div
 
 
 def _ratio(numerators: Any, second: Any, eps: Any, eps_root: Any, like: Any) -> Any:
-    """``n / (sqrt(v + eps_root) + eps)``, leaf by leaf, in the dtype of ``like``; 0 where the denominator is 0
-    (only when ``eps == 0`` and every past gradient was 0, so ``n == 0``)."""
+    """``n / (sqrt(v + eps_root) + eps)``, leaf by leaf, in the dtype of ``like``."""
+    divide = _divide(eps)
     return jax.tree.map(
-        lambda n, v, g: safe_div(n, _root(v, eps_root) + eps).astype(g.dtype), numerators, second, like
+        lambda n, r, g: divide(n, r + eps).astype(g.dtype), numerators, _roots(second, eps_root), like
     )
 
 
@@ -222,10 +234,12 @@ def scale_by_nadam(
         mom_coef = mu_next / (1.0 - mu_product * mu_next)
         nu_hat = _tree.bias_correction(nu, b2, count)
 
-        def leaf(g, m, v):
-            return safe_div(grad_coef * g + mom_coef * m, _root(v, eps_root) + eps).astype(g.dtype)
+        divide = _divide(eps)
 
-        out = jax.tree.map(leaf, updates, mu, nu_hat)
+        def leaf(g, m, r):
+            return divide(grad_coef * g + mom_coef * m, r + eps).astype(g.dtype)
+
+        out = jax.tree.map(leaf, updates, mu, _roots(nu_hat, eps_root))
         return out, ScaleByNadamState(count=count, mu=mu, nu=nu, mu_product=mu_product.astype(state.mu_product.dtype))
 
     return GradientTransformation(init, update)
