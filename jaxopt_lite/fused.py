@@ -23,12 +23,15 @@ steps, and unfuse only inside the loss::
 ``f.tree()`` returns views (slices) of the buffers; their gradient is written
 straight into one fused buffer, so no step concatenates anything.
 
-Elementwise transforms (every optimizer alias, clipping by value or global
-norm, weight decay without a mask, schedules) give the same results on a
-fused tree as on the original one, to float rounding. Transforms whose meaning
-is per leaf — ``clip_by_norm``, ``adaptive_grad_clip``, ``scale_by_trust_ratio``
-(LAMB, LARS), ``masked``, ``partition`` — refuse a fused tree with a clear
-error; apply them to the unfused tree instead.
+Elementwise transforms (the Adam, SGD, RMSProp and sign families, the
+parameter-free and schedule-free optimizers, clipping by value or global norm,
+weight decay without a mask, schedules) give the same results on a fused tree
+as on the original one, to float rounding. Transforms whose meaning is per leaf
+or per matrix — ``clip_by_norm``, ``adaptive_grad_clip``, the block-RMS and
+block-norm scalings, ``centralize``, ``scale_by_trust_ratio`` (LAMB, LARS,
+Fromage), NovoGrad, Adafactor, SM3, layer-wise DoG, Muon, GaLore, ``masked``,
+``partition`` — refuse a fused tree with a clear error; apply them to the
+unfused tree instead. ``tests/test_fused.py`` classifies every optimizer.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import numpy as np
 from jaxopt_lite import _checks, numerics
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.block_scaling import clip_by_block_rms, scale_by_param_block_rms
 from jaxopt_lite.transforms.momentum import ema
 from jaxopt_lite.transforms.regularization import add_decayed_weights
@@ -115,6 +116,7 @@ def scale_by_factored_rms(
 
     def init(params):
         _tree.check_floating(params, owner)
+        reject_fused(owner, params)
 
         def leaf(p):
             p = jnp.asarray(p)
@@ -130,6 +132,7 @@ def scale_by_factored_rms(
         return FactoredState(count=_tree.zero_count(), v_row=v_row, v_col=v_col, v=v)
 
     def update(updates, state, params=None):
+        reject_fused(owner, updates, params)
         _tree.check_same_structure(updates, state.v, "updates", f"{owner} state")
         if params is not None:
             _tree.check_same_shapes(updates, params, "updates", "params")
@@ -197,6 +200,11 @@ def adafactor(
     1 / jnp.sqrt(k + 1.0))`` for it); momentum averages the already scaled step; tensors of more
     than two axes factor their two largest axes; ``factored=False`` keeps a full second moment for
     every leaf (Algorithm 5). The state is a tuple of the enabled stages' states, as Optax's.
+    ``torch.optim.Adafactor(lr, weight_decay=wd)`` is ``learning_rate=lambda k: jnp.minimum(lr, 1 / jnp.sqrt(k +
+    1.0)), weight_decay_rate=lr * wd, min_dim_size_to_factor=0`` except: it factors every tensor of 2+ dims on
+    its last two dims, its ``beta2_t`` is float64, and its ``eps1`` (machine epsilon) floors ``mean(R)`` and
+    ``sqrt(V_hat)`` instead of adding to ``g^2``, so float32 steps differ once a factored gradient's running
+    RMS is under about 3.5e-4 (any gradient's under 1.2e-7).
     Defaults (Optax's): ``min_dim_size_to_factor=128, decay_rate=0.8, decay_offset=0,
     multiply_by_parameter_scale=True, clipping_threshold=1.0, eps=1e-30, factored=True``.
     """

@@ -21,6 +21,7 @@ from jaxopt_lite.base import (
     chain,
     identity,
 )
+from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -207,6 +208,7 @@ def scale_by_distance_over_gradients(
         return jnp.promote_types(jnp.result_type(p), jnp.float32)
 
     def init(params):
+        reject_fused(owner, params)  # distances and gradient norms per array
         _tree.check_floating(params, owner)
         return ScaleByDistanceOverGradientsState(
             max_dist=jax.tree.map(lambda p: (reps_rel * (1 + jnp.linalg.norm(p))).astype(leaf_dtype(p)), params),
@@ -215,6 +217,7 @@ def scale_by_distance_over_gradients(
         )
 
     def update(updates, state, params=None):
+        reject_fused(owner, updates, params)
         if params is None:
             raise ValueError(f"{owner}: update needs params")
         _tree.check_same_shapes(updates, state.init_params, "updates", f"{owner} state")

@@ -18,6 +18,7 @@ import numpy as np
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.adaptive import scale_by_adam
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
@@ -139,6 +140,7 @@ def scale_by_galore(
         return jnp.zeros((view.cols, r), p.dtype), jnp.zeros((view.rows, r), p.dtype)
 
     def init(params):
+        reject_fused(owner, params)  # projects each matrix: a fused buffer is flat
         _tree.check_floating(params, owner)
         leaves, treedef = jax.tree.flatten(params)
         pairs = [shapes(p, dn) for p, dn in zip(leaves, per_leaf(params))]
@@ -147,6 +149,7 @@ def scale_by_galore(
         return GaLoreState(count=_tree.zero_count(), base_optimizer_state=base.init(projected), projector=projectors)
 
     def update(updates, state, params=None):
+        reject_fused(owner, updates, params)
         del params
         refresh = state.count % update_proj_gap == 0
         leaves, treedef = jax.tree.flatten(updates)

@@ -31,6 +31,7 @@ from jaxopt_lite.base import (
     alias,
     chain,
 )
+from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.adaptive import _nesterov_first_moment
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
@@ -330,10 +331,12 @@ def scale_by_muon(
     coeffs = _resolve_coeffs(owner, ns_coeffs, ns_steps)
 
     def init(params):
+        reject_fused(owner, params)  # orthogonalises each matrix: a fused buffer is flat
         _tree.check_floating(params, owner)
         return MuonState(count=_tree.zero_count(), mu=_tree.accumulator_zeros(params, mu_dtype), ns_coeffs=coeffs)
 
     def update(updates, state, params=None):
+        reject_fused(owner, updates, params)
         del params
         _tree.check_same_shapes(updates, state.mu, "updates", f"{owner} state")
         mu = _tree.update_moment(updates, state.mu, beta, 1)

@@ -16,6 +16,7 @@ import numpy as np
 from jaxopt_lite import _checks, numerics
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
 
@@ -74,6 +75,7 @@ def scale_by_novograd(
     no_decay = _weight_decay_is_zero(weight_decay)
 
     def init(params):
+        reject_fused(owner, params)  # one second moment per leaf: a fused buffer is not a layer
         _tree.check_floating(params, owner)
         return ScaleByNovogradState(
             count=_tree.zero_count(),
@@ -82,6 +84,7 @@ def scale_by_novograd(
         )
 
     def update(updates, state, params=None):
+        reject_fused(owner, updates, params)
         _tree.check_same_shapes(updates, state.mu, "updates", f"{owner} state")
         if params is None and not no_decay:
             raise ValueError(f"{owner}: params must be passed to update (for the weight decay)")

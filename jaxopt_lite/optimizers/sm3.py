@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
 
@@ -57,6 +58,7 @@ def scale_by_sm3(
     b2_value = _checks.concrete(b2)
 
     def init(params):
+        reject_fused(owner, params)  # accumulators per slice of each axis: a fused buffer has one axis
         _tree.check_floating(params, owner, real="as in Optax")
 
         def accumulators(p):
@@ -68,6 +70,7 @@ def scale_by_sm3(
         return ScaleBySM3State(mu=jax.tree.map(accumulators, params), nu=_tree.zeros_like(params))
 
     def update(updates, state, params=None):
+        reject_fused(owner, updates, params)
         del params
         _tree.check_same_shapes(updates, state.nu, "updates", f"{owner} state")
 

@@ -13,6 +13,7 @@ from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import GradientTransformation, stateless
+from jaxopt_lite.fused import reject_fused
 
 
 def clip_by_block_rms(threshold: float | jax.Array) -> GradientTransformation:
@@ -28,7 +29,11 @@ def clip_by_block_rms(threshold: float | jax.Array) -> GradientTransformation:
         rms = jnp.sqrt(jnp.mean(_numerics.abs_sq(u)))
         return (u / jnp.maximum(1.0, rms / threshold)).astype(u.dtype)
 
-    return stateless(lambda updates, params: jax.tree.map(leaf, updates))
+    def apply(updates, params):
+        reject_fused("clip_by_block_rms", updates, params)
+        return jax.tree.map(leaf, updates)
+
+    return stateless(apply)
 
 
 def scale_by_param_block_norm(min_scale: float | jax.Array = 1e-3) -> GradientTransformation:
@@ -41,6 +46,7 @@ def scale_by_param_block_norm(min_scale: float | jax.Array = 1e-3) -> GradientTr
     _checks.check_nonnegative("scale_by_param_block_norm", "min_scale", min_scale)
 
     def apply(updates, params):
+        reject_fused("scale_by_param_block_norm", updates, params)
         _tree.require_params("scale_by_param_block_norm", updates, params, "the scale is computed from them")
         return jax.tree.map(lambda u, p: (u * _numerics.safe_norm(p, min_scale)).astype(u.dtype), updates, params)
 
@@ -56,6 +62,7 @@ def scale_by_param_block_rms(min_scale: float | jax.Array = 1e-3) -> GradientTra
     _checks.check_nonnegative("scale_by_param_block_rms", "min_scale", min_scale)
 
     def apply(updates, params):
+        reject_fused("scale_by_param_block_rms", updates, params)
         _tree.require_params("scale_by_param_block_rms", updates, params, "the scale is computed from them")
         return jax.tree.map(
             lambda u, p: (u * _numerics.safe_root_mean_squares(p, min_scale)).astype(u.dtype), updates, params
@@ -97,4 +104,8 @@ def centralize() -> GradientTransformation:
             return u
         return u - jnp.mean(u, axis=tuple(range(1, u.ndim)), keepdims=True).astype(u.dtype)
 
-    return stateless(lambda updates, params: jax.tree.map(leaf, updates))
+    def apply(updates, params):
+        reject_fused("centralize", updates, params)  # a flat buffer has no rows to centre
+        return jax.tree.map(leaf, updates)
+
+    return stateless(apply)
