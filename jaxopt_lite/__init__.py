@@ -118,6 +118,7 @@ from jaxopt_lite.schedules import (
     warmup_constant_schedule,
     warmup_cosine_decay_schedule,
     warmup_exponential_decay_schedule,
+    warmup_stable_decay_schedule,
 )
 from jaxopt_lite.training import (
     EarlyStopping,
@@ -141,6 +142,8 @@ from jaxopt_lite.wrappers import (
     ParamsEMAState,
     PartitionState,
     ShouldSkipUpdateFunction,
+    SWA,
+    SWAState,
     apply_every,
     apply_if_finite,
     flatten,
@@ -155,6 +158,7 @@ from jaxopt_lite.wrappers import (
     set_hyperparams,
     skip_large_updates,
     skip_not_finite,
+    swa,
 )
 
 from jaxopt_lite import contrib

@@ -21,6 +21,8 @@ Available schedules:
 * :func:`warmup_cosine_decay_schedule` -- linear warmup, then cosine decay.
 * :func:`warmup_exponential_decay_schedule` -- linear warmup, then exponential
   decay.
+* :func:`warmup_stable_decay_schedule` -- warmup, a constant phase, and a
+  linear, cosine or 1-sqrt cooldown (WSD; not in Optax).
 * :func:`linear_onecycle_schedule`, :func:`cosine_onecycle_schedule` -- the
   one-cycle policy (Smith & Topin).
 * :func:`sgdr_schedule` -- cosine decay with warm restarts.
@@ -85,6 +87,7 @@ __all__ = [
     "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
+    "warmup_stable_decay_schedule",
     # Optax's schedules namespace also holds the hyperparameter injection (defined in wrappers/hyperparams.py).
     "InjectHyperparamsState",
     "InjectStatefulHyperparamsState",
@@ -874,6 +877,92 @@ def warmup_cosine_decay_schedule(
     alpha = jnp.where(nonzero, end / jnp.where(nonzero, peak, 1), 0)
     cosine_part = _cosine(peak_value, decay_steps - warmup_steps, alpha, exponent)
     return join_schedules([linear_schedule(init_value, peak_value, warmup_steps), cosine_part], [warmup_steps])
+
+
+_COOLDOWNS = ("linear", "cosine", "1-sqrt")
+
+
+def _cooldown(peak_value, end_value, decay_steps, decay_type: str) -> Schedule:
+    """From ``peak_value`` at step 0 to ``end_value`` at ``decay_steps`` (then constant) with the given shape."""
+    dtype = _float_dtype(peak_value, end_value, decay_steps)
+
+    def schedule(count):
+        peak, end = _as_float(peak_value, dtype), _as_float(end_value, dtype)
+        frac, active = _progress(count, decay_steps, 0, dtype)
+        x = jnp.minimum(frac, 1)
+        if decay_type == "linear":
+            remaining = 1 - x
+        elif decay_type == "cosine":
+            remaining = (1 + jnp.cos(jnp.pi * x)) / 2
+        else:  # "1-sqrt" (finite derivative at x = 0, where sqrt's is infinite)
+            remaining = 1 - _pow01(x, 0.5)
+        return jnp.where(active, end + (peak - end) * remaining, end)
+
+    return schedule
+
+
+@_refuse_non_finite("init_value", "peak_value", "end_value")
+def warmup_stable_decay_schedule(
+    peak_value: ArrayLike,
+    warmup_steps: ArrayLike,
+    stable_steps: ArrayLike,
+    decay_steps: ArrayLike,
+    init_value: ArrayLike = 0.0,
+    end_value: ArrayLike = 0.0,
+    decay_type: str = "linear",
+) -> Schedule:
+    r"""Warmup-stable-decay (WSD, "trapezoidal"): a linear warmup, a long constant phase, a short cooldown.
+
+    With :math:`W` = ``warmup_steps``, :math:`S` = ``stable_steps``, :math:`D` =
+    ``decay_steps``, :math:`P` = ``peak_value``, :math:`I` = ``init_value``,
+    :math:`E` = ``end_value`` and :math:`x = \min(1, (t - W - S) / D)`:
+
+    .. math::
+      v(t) = egin{cases}
+        I + rac{t}{W}(P - I), & t < W \
+        P, & W \le t < W + S \
+        E + (P - E)\, r(x), & t \ge W + S
+      \end{cases}
+
+    with the cooldown shape :math:`r(x) = 1 - x` (``"linear"``),
+    :math:`	frac12(1 + \cos \pi x)` (``"cosine"``) or :math:`1 - \sqrt{x}`
+    (``"1-sqrt"``, the cooldown Hägele et al. found best). The stable phase can
+    be extended and the cooldown started from any checkpoint, which is the
+    point of WSD: one run serves several training lengths. Every numeric
+    argument may be traced.
+
+    Args:
+      peak_value: the value of the stable phase.
+      warmup_steps: :math:`W \ge 0` (``0``: start at the peak).
+      stable_steps: :math:`S \ge 0`.
+      decay_steps: :math:`D \ge 0`, the length of the cooldown (``0``: drop to
+        ``end_value`` at once).
+      init_value: the value at step 0 (default 0.0).
+      end_value: the value at the end of the cooldown and after (default 0.0).
+      decay_type: ``"linear"`` (default), ``"cosine"`` or ``"1-sqrt"``.
+
+    Returns:
+      A function of the step count.
+
+    Raises:
+      ValueError: if a concrete step count is negative, or ``decay_type`` is unknown.
+
+    References:
+      Hu et al., `MiniCPM: Unveiling the Potential of Small Language Models with
+      Scalable Training Strategies <https://arxiv.org/abs/2404.06395>`_, 2024;
+      Hägele et al., `Scaling Laws and Compute-Optimal Training Beyond Fixed
+      Training Durations <https://arxiv.org/abs/2405.18392>`_, 2024.
+    """
+    owner = "warmup_stable_decay_schedule"
+    for name, value in (("warmup_steps", warmup_steps), ("stable_steps", stable_steps),
+                        ("decay_steps", decay_steps)):
+        _checks.check_nonnegative(owner, name, value)
+    if decay_type not in _COOLDOWNS:
+        raise ValueError(f"{owner}: decay_type must be one of {list(_COOLDOWNS)}, got {decay_type!r}")
+    warmup = warmup_constant_schedule(init_value, peak_value, warmup_steps)
+    return join_schedules(
+        [warmup, _cooldown(peak_value, end_value, decay_steps, decay_type)], [warmup_steps + stable_steps]
+    )
 
 
 @_refuse_non_finite("init_value", "peak_value", "end_value")

@@ -113,6 +113,17 @@ def np_warmup_constant(t, init_value, peak_value, warmup_steps):
     return np.where(t < warmup_steps, init_value + (peak_value - init_value) * t / warmup_steps, peak_value)
 
 
+def np_wsd(t, peak_value, warmup_steps, stable_steps, decay_steps, init_value=0.0, end_value=0.0,
+           decay_type="linear"):
+    """Warmup-stable-decay from its definition (Hu et al., 2024; Haegele et al., 2024 for 1-sqrt)."""
+    t = np.asarray(t, np.float64)
+    start = warmup_steps + stable_steps
+    x = np.clip((t - start) / decay_steps, 0, 1) if decay_steps > 0 else np.ones_like(t)
+    shape = {"linear": 1 - x, "cosine": 0.5 * (1 + np.cos(np.pi * x)), "1-sqrt": 1 - np.sqrt(x)}[decay_type]
+    return np.where(t < start, np_warmup_constant(t, init_value, peak_value, warmup_steps),
+                    end_value + (peak_value - end_value) * shape)
+
+
 def np_warmup_cosine(t, init_value, peak_value, warmup_steps, decay_steps, end_value=0.0, exponent=1.0):
     d = decay_steps - warmup_steps
     c = 0.5 * (1 + np.cos(np.pi * np.clip(t - warmup_steps, 0, d) / d))
@@ -261,6 +272,21 @@ CASES = [
          dict(init_value=[0.0, 0.5, 2.0], peak_value=[1.0, 0.0, 3.0], warmup_steps=[50, 0, 120],
               transition_steps=[20, 0, 3], decay_rate=[0.8, 0.0, 1.01], transition_begin=[10, 0, 200],
               end_value=[0.2, 0.0, 5.0])),
+    Case("wsd_linear", lambda **kw: S.warmup_stable_decay_schedule(decay_type="linear", **kw),
+         lambda t, **kw: np_wsd(t, decay_type="linear", **kw), None,
+         dict(peak_value=1.0, warmup_steps=30, stable_steps=100, decay_steps=60, init_value=0.05, end_value=0.01),
+         dict(peak_value=[1.0, 0.3, 2.0], warmup_steps=[30, 0, 7], stable_steps=[100, 0, 250],
+              decay_steps=[60, 0, 13], init_value=[0.05, 0.0, 3.0], end_value=[0.01, 0.0, 0.5])),
+    Case("wsd_cosine", lambda **kw: S.warmup_stable_decay_schedule(decay_type="cosine", **kw),
+         lambda t, **kw: np_wsd(t, decay_type="cosine", **kw), None,
+         dict(peak_value=1.0, warmup_steps=30, stable_steps=100, decay_steps=60, init_value=0.05, end_value=0.01),
+         dict(peak_value=[1.0, 0.3, 2.0], warmup_steps=[30, 0, 7], stable_steps=[100, 0, 250],
+              decay_steps=[60, 0, 13], init_value=[0.05, 0.0, 3.0], end_value=[0.01, 0.0, 0.5])),
+    Case("wsd_1-sqrt", lambda **kw: S.warmup_stable_decay_schedule(decay_type="1-sqrt", **kw),
+         lambda t, **kw: np_wsd(t, decay_type="1-sqrt", **kw), None,
+         dict(peak_value=1.0, warmup_steps=30, stable_steps=100, decay_steps=60, init_value=0.05, end_value=0.01),
+         dict(peak_value=[1.0, 0.3, 2.0], warmup_steps=[30, 0, 7], stable_steps=[100, 0, 250],
+              decay_steps=[60, 0, 13], init_value=[0.05, 0.0, 3.0], end_value=[0.01, 0.0, 0.5])),
     Case("linear_onecycle", S.linear_onecycle_schedule, np_linear_onecycle, optax.linear_onecycle_schedule,
          dict(transition_steps=230, peak_value=1.0, pct_start=0.31, pct_final=0.85, div_factor=25.0,
               final_div_factor=1e4),
@@ -588,6 +614,10 @@ INVALID = [
     (lambda: S.cosine_onecycle_schedule(-5, 1.0), "cosine_onecycle_schedule: transition_steps"),
     (lambda: S.cosine_onecycle_schedule(100, 1.0, pct_start=1.5), "cosine_onecycle_schedule: pct_start"),
     (lambda: S.cosine_onecycle_schedule(100, 1.0, div_factor=-25.0), "cosine_onecycle_schedule: div_factor"),
+    (lambda: S.warmup_stable_decay_schedule(1.0, 10, -5, 10), "warmup_stable_decay_schedule: stable_steps"),
+    (lambda: S.warmup_stable_decay_schedule(1.0, 10, 50, 10, decay_type="exp"),
+     "warmup_stable_decay_schedule: decay_type must be one of"),
+    (lambda: S.warmup_stable_decay_schedule(float("nan"), 10, 50, 10), "warmup_stable_decay_schedule: peak_value"),
     (lambda: S.join_schedules([S.constant_schedule(1.0)] * 3, [10]), "join_schedules: boundaries must have one entry"),
     (lambda: S.join_schedules([S.constant_schedule(1.0)] * 3, [20, 10]),
      r"join_schedules: boundaries\[0\] must be <= boundaries\[1\]"),

@@ -714,3 +714,77 @@ def test_property_lookahead_and_ema(data):
     for g in grads:
         p_j, s_j = jax.jit(ema.update)(apply_updates(p_j, g), s_j)
     assert_trees_close(p_e, p_j, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# swa
+# --------------------------------------------------------------------------- #
+
+
+def _np_swa(snapshots_of, start_step, every):
+    """The mean of the params at updates k >= start_step with (k - start_step) % every == 0 (k from 1)."""
+    taken = [p for k, p in enumerate(snapshots_of, start=1) if k >= start_step and (k - start_step) % every == 0]
+    return np.mean(taken, axis=0) if taken else snapshots_of[-1]
+
+
+def _swa_run(averager, params_seq):
+    state = averager.init(jax.tree.map(jnp.zeros_like, params_seq[0]))
+    step = jax.jit(averager.update)
+    averages = []
+    for p in params_seq:
+        out, state = step(p, state)
+        assert jax.tree.structure(out) == jax.tree.structure(p)
+        averages.append(state.average)
+    return averages, state
+
+
+@pytest.mark.parametrize("start_step, every", [(0, 1), (5, 3), (40, 7)])
+def test_swa_is_the_mean_of_its_snapshots(start_step, every):
+    rng = np.random.default_rng(0)
+    seq = [{"w": rng.standard_normal((3, 2)), "b": rng.standard_normal(2)} for _ in range(30)]
+    averages, state = _swa_run(W.swa(start_step, every), [jax.tree.map(jnp.asarray, p) for p in seq])
+    for k in range(1, 31):
+        for key in ("w", "b"):
+            want = _np_swa([p[key] for p in seq[:k]], start_step, every)
+            np.testing.assert_allclose(averages[k - 1][key], want, rtol=1e-12, atol=1e-14, err_msg=f"{key} at {k}")
+    expected_n = len([k for k in range(1, 31) if k >= start_step and (k - start_step) % every == 0])
+    assert int(state.n_averaged) == expected_n and int(state.count) == 30
+
+
+def test_swa_matches_torch_averaged_model():
+    torch = pytest.importorskip("torch")
+    from torch.optim.swa_utils import AveragedModel
+
+    rng = np.random.default_rng(1)
+    seq = [rng.standard_normal(4) for _ in range(12)]
+    model = torch.nn.Linear(4, 1, bias=False).double()
+    averaged = AveragedModel(model)
+    for p in seq:
+        with torch.no_grad():
+            model.weight.copy_(torch.from_numpy(p[None, :]))
+        averaged.update_parameters(model)
+    averages, _ = _swa_run(W.swa(), [jnp.asarray(p) for p in seq])
+    np.testing.assert_allclose(averages[-1], averaged.module.weight.detach().numpy()[0], rtol=1e-12)
+
+
+def test_swa_start_step_traced_under_vmap_equals_a_loop():
+    seq = [jnp.full((2,), float(k)) for k in range(1, 16)]
+
+    def final(start):
+        state = W.swa(start, 2).init(seq[0])
+        for p in seq:
+            _, state = W.swa(start, 2).update(p, state)
+        return state.average
+
+    starts = jnp.asarray([1, 4, 9])
+    np.testing.assert_allclose(jax.vmap(final)(starts), np.stack([final(int(s)) for s in starts]), rtol=1e-12)
+
+
+def test_swa_bad_arguments_and_state_are_named():
+    with pytest.raises(ValueError, match="^swa: start_step"):
+        W.swa(-1)
+    with pytest.raises(ValueError, match="^swa: every"):
+        W.swa(0, 0)
+    averager = W.swa()
+    with pytest.raises(ValueError, match="params and swa state must have the same leaf shapes"):
+        averager.update({"w": jnp.ones(3)}, averager.init({"w": jnp.ones(2)}))

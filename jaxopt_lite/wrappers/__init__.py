@@ -33,8 +33,11 @@ from jaxopt_lite.wrappers.averaging import (
     LookaheadState,
     ParamsEMA,
     ParamsEMAState,
+    SWA,
+    SWAState,
     lookahead,
     params_ema,
+    swa,
 )
 from jaxopt_lite.wrappers.flatten import (
     flatten,
@@ -77,6 +80,8 @@ __all__ = [
     "ParamsEMA",
     "ParamsEMAState",
     "PartitionState",
+    "SWA",
+    "SWAState",
     "ShouldSkipUpdateFunction",
     "apply_every",
     "apply_if_finite",
@@ -93,4 +98,5 @@ __all__ = [
     "set_hyperparams",
     "skip_large_updates",
     "skip_not_finite",
+    "swa",
 ]

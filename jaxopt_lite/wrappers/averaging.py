@@ -208,3 +208,95 @@ def params_ema(
         return _tree.cast_like(state.ema, like)
 
     return ParamsEMA(init=init, update=update, average=average)
+
+
+# ----------------------------------------------------------------------------
+# swa: the uniform (stochastic weight) average
+# ----------------------------------------------------------------------------
+
+
+class SWAState(NamedTuple):
+    """State of :func:`swa`.
+
+    Attributes:
+      count: int32 number of :meth:`SWA.update` calls so far.
+      n_averaged: int32 number of parameter snapshots in the average.
+      average: their mean (the params' structure; each leaf in the accumulator
+        dtype, by default the parameter's own dtype); the live params until the
+        first snapshot.
+    """
+
+    count: jax.Array
+    n_averaged: jax.Array
+    average: Params
+
+
+class SWA(NamedTuple):
+    """The uniform average of parameter snapshots: pure ``init``/``update``/``average`` (see :func:`swa`)."""
+
+    init: Callable[[Params], SWAState]
+    update: Callable[[Params, SWAState], tuple[Params, SWAState]]
+    average: Callable[[SWAState, Params], Params]
+
+
+def swa(start_step: int | jax.Array = 0, every: int | jax.Array = 1, *, accumulator_dtype: Any = None) -> SWA:
+    """Stochastic weight averaging (Izmailov et al., 2018): the uniform mean of the parameters from a step on.
+
+    Used like :func:`params_ema`, once per step after the optimizer step::
+
+        averager = swa(start_step=1000, every=10)
+        swa_state = averager.init(params)
+        ...
+        params = apply_updates(params, updates)
+        params, swa_state = averager.update(params, swa_state)
+        eval_params = averager.average(swa_state, params)
+
+    The ``k``-th ``update`` (``k = count + 1``) takes a snapshot when
+    ``k >= start_step`` and ``(k - start_step) % every == 0``; with ``n``
+    snapshots so far::
+
+        average <- average + (params - average) / (n + 1),   n <- n + 1
+
+    so ``average`` is exactly the mean of the snapshots (before the first one it
+    follows the live params). ``params`` pass through unchanged. Refresh
+    batch-norm statistics for the averaged weights yourself, as with
+    ``torch.optim.swa_utils``, whose ``AveragedModel`` this matches. Memory: one
+    buffer per parameter.
+
+    Args:
+      start_step: the first update counted (default 0: every update); may be traced.
+      every: the spacing of snapshots (default 1); may be traced.
+      accumulator_dtype: dtype of the average (e.g. ``jnp.float32`` for bfloat16
+        params); default each parameter's dtype.
+    """
+    _checks.check_nonnegative("swa", "start_step", start_step)
+    _checks.check_positive("swa", "every", every)
+    acc_dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
+
+    def init(params):
+        average = jax.tree.map(lambda p: jnp.asarray(p).astype(_tree.accumulator_dtype(p, acc_dtype)), params)
+        return SWAState(count=_tree.zero_count(), n_averaged=_tree.zero_count(), average=average)
+
+    def update(params, state):
+        _tree.check_same_shapes(params, state.average, "params", "swa state")
+        count = _tree.safe_increment(state.count)
+        since = count - start_step
+        snapshot = (since >= 0) & (since % every == 0)
+
+        def leaf(p, a):
+            p = p.astype(a.dtype)
+            base = jnp.where(state.n_averaged == 0, p, a)  # the live params until the first snapshot
+            real = jnp.finfo(a.dtype).dtype
+            weight = jnp.where(snapshot, 1 / (state.n_averaged.astype(real) + 1), 0).astype(real)
+            return (base + weight * (p - base)).astype(a.dtype)
+
+        average = jax.tree.map(leaf, params, state.average)
+        n_averaged = jnp.where(snapshot, _tree.safe_increment(state.n_averaged), state.n_averaged)
+        return params, SWAState(count=count, n_averaged=n_averaged, average=average)
+
+    def average(state, like=None):
+        if like is None:
+            return state.average
+        return _tree.cast_like(state.average, like)
+
+    return SWA(init=init, update=update, average=average)
