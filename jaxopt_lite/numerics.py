@@ -57,10 +57,13 @@ def safe_sqrt(x: jax.Array) -> jax.Array:
     return safe_sqrt_all((x,))[0]
 
 
-def known_positive(x: Any) -> bool:
-    """Whether ``x`` is concrete now and every entry is ``> 0`` (so ``r + x`` with ``r >= 0`` cannot be 0)."""
+def known_positive(x: Any, dtype: Any = None) -> bool:
+    """Whether ``x`` is concrete now and every entry is ``> 0``, also once rounded to ``dtype`` (``1e-8`` is 0
+    in float16), so that ``r + x`` with ``r >= 0`` in that dtype cannot be 0."""
     value = _checks.concrete(x)
-    return value is not None and value.size > 0 and bool(np.all(value > 0))
+    if value is None or value.size == 0:
+        return False
+    return bool(np.all(value > 0)) and (dtype is None or bool(np.all(np.asarray(value, dtype) > 0)))
 
 
 def known_zero(x: Any) -> bool:

@@ -138,9 +138,11 @@ def _roots(second: Any, eps_root: Any = 0.0) -> Any:
 
 
 def _divide(eps: Any) -> Callable[[Any, Any], Any]:
-    """``n / (r + eps)`` for ``r >= 0``: a plain division when ``eps`` is known positive, else 0 where the
-    denominator is 0 (only when ``eps == 0`` and every past gradient was 0, so ``n == 0``)."""
-    return (lambda n, d: n / d) if known_positive(eps) else safe_div
+    """``n / d`` for ``d = r + eps``, ``r >= 0``: a plain division when ``eps`` is known positive in ``d``'s dtype,
+    else 0 where ``d`` is 0 (only when every past gradient was 0, so ``n == 0``)."""
+    if not known_positive(eps):
+        return safe_div
+    return lambda n, d: n / d if known_positive(eps, d.dtype) else safe_div(n, d)
 
 
 def _ratio(numerators: Any, second: Any, eps: Any, eps_root: Any, like: Any) -> Any:
