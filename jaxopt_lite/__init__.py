@@ -216,6 +216,7 @@ from jaxopt_lite.optimizers.optimistic import (
 )
 from jaxopt_lite.optimizers.polyak import polyak_sgd, scale_by_polyak
 from jaxopt_lite.optimizers.signum import signum
+from jaxopt_lite.optimizers.mars import ScaleByMarsState, mars_adamw, scale_by_mars
 
 # linear algebra (Shampoo's inverse root, the power method, non-negative least squares), perturbations
 from jaxopt_lite import perturbations

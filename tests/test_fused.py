@@ -199,7 +199,7 @@ WORKS_FUSED = frozenset({
     "nadam_momentum_decay", "nadamw", "nadamw_momentum_decay", "radam", "lion", "adabelief", "adopt", "ademamix",
     "simplified_ademamix", "schedule_free_sgd", "schedule_free_adamw", "prodigy", "dadapt_adamw", "dog", "dowg",
     "mechanize_sgd", "cocob", "momo", "momo_adam", "acprop", "madgrad", "signum", "optimistic_gradient_descent",
-    "optimistic_adam_v2", "polyak_sgd", "sophia", "chain_clip_adam_schedule",
+    "optimistic_adam_v2", "polyak_sgd", "sophia", "chain_clip_adam_schedule", "mars_adamw_global",
     "yogi", "adan", "rprop", "optimistic_adam", "sam",
 })
 # Per leaf or per matrix (a leaf's own norm, shape or factored moments): the fused layout's flat buffers
@@ -215,6 +215,7 @@ REFUSES_FUSED = {
     "sm3": "sm3",  # one accumulator per slice of each axis
     "muon": "muon",  # orthogonalises each matrix
     "galore": "galore",  # projects each matrix
+    "mars_adamw": "mars_adamw",  # c_t clipped by each tensor's own norm
 }
 # Hyperparameters for the fused comparison. noisy_sgd draws its noise per leaf, so a fused tree gets other
 # (equally distributed) draws: compared without noise. sophia's Hutchinson probes are also drawn per leaf, but

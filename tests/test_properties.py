@@ -212,6 +212,9 @@ OPTIMIZERS = {
     ),
     "sm3": (jol.sm3, {}, ("learning_rate", "momentum")),
     "novograd": (jol.novograd, {"weight_decay": 0.01}, ("learning_rate", "b1", "b2", "eps", "weight_decay")),
+    "mars_adamw": (jol.mars_adamw, {"weight_decay": 0.01}, ADAM_HPS + ("weight_decay", "gamma", "max_norm")),
+    "mars_adamw_global": (jol.mars_adamw, {"weight_decay": 0.01, "clip_scope": "global"},
+                          ADAM_HPS + ("weight_decay", "gamma", "max_norm")),
     "fromage": (jol.fromage, {}, ("learning_rate", "min_norm")),
     "signum": (jol.signum, {}, ("learning_rate", "beta")),
     "optimistic_gradient_descent": (jol.optimistic_gradient_descent, {}, ("learning_rate", "alpha", "beta")),
@@ -515,6 +518,12 @@ def _fixed_tree(rng, scale=1.0):
     return make_tree(spec, rng, scale)
 
 
+# Steps coupled across leaves through a norm of values computed in each leaf's dtype (MARS's corrected
+# gradients, clipped globally): XLA may round a float32 leaf's c_t differently under jit (fused
+# multiply-adds), and the float64 leaf inherits float32-level differences through the shared norm.
+COUPLED_TOL = {"mars_adamw_global": TOL[jnp.dtype(jnp.float32)]}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_jitted_update_traces_once_and_equals_eager(name):
     opt = build(name)
@@ -536,7 +545,7 @@ def test_jitted_update_traces_once_and_equals_eager(name):
         u_jit, s_jit = jupdate(g, s_jit, p_jit)
         u_eager, s_eager = opt.update(g, s_eager, p_eager)
         assert_same_avals(s_jit, state0, f"{name} state after jitted step {k + 1}")
-        assert_trees_close(u_jit, u_eager, f"{name} jit vs eager, step {k + 1}")
+        assert_trees_close(u_jit, u_eager, f"{name} jit vs eager, step {k + 1}", tol=COUPLED_TOL.get(name))
         p_jit, p_eager = jol.apply_updates(p_jit, u_jit), jol.apply_updates(p_eager, u_eager)
         jit_updates.append(u_jit)
     assert len(traces) == 1, f"{name}: jitted update traced {len(traces)} times over {len(grads)} calls"
