@@ -217,6 +217,7 @@ from jaxopt_lite.optimizers.optimistic import (
 from jaxopt_lite.optimizers.polyak import polyak_sgd, scale_by_polyak
 from jaxopt_lite.optimizers.signum import signum
 from jaxopt_lite.optimizers.mars import ScaleByMarsState, mars_adamw, scale_by_mars
+from jaxopt_lite.wrappers.cautious import cautious, cautious_adamw, cautious_lion
 
 # linear algebra (Shampoo's inverse root, the power method, non-negative least squares), perturbations
 from jaxopt_lite import perturbations

@@ -216,6 +216,9 @@ REFUSES_FUSED = {
     "muon": "muon",  # orthogonalises each matrix
     "galore": "galore",  # projects each matrix
     "mars_adamw": "mars_adamw",  # c_t clipped by each tensor's own norm
+    "cautious_adamw": "cautious_adamw",  # the mask's mean is per tensor
+    "cautious_lion": "cautious_lion",
+    "cautious_sgd_momentum": "cautious",
 }
 # Hyperparameters for the fused comparison. noisy_sgd draws its noise per leaf, so a fused tree gets other
 # (equally distributed) draws: compared without noise. sophia's Hutchinson probes are also drawn per leaf, but
