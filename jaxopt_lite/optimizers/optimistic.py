@@ -118,11 +118,7 @@ def optimistic_adam(
         optimism = learning_rate
     _checks.check_learning_rate("optimistic_adam", learning_rate)
     _check_coefficients("optimistic_adam", optimism=optimism)
-    for name, value in (("b1", b1), ("b2", b2)):
-        _checks.check_decay("optimistic_adam", name, value)
-    for name, value in (("eps", eps), ("eps_root", eps_root)):
-        _checks.check_nonnegative("optimistic_adam", name, value)
-    return chain(
+    return chain(  # scale_by_adam checks b1, b2, eps and eps_root (the alias names them as ours)
         scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
         scale_by_optimistic_gradient(alpha=learning_rate, beta=optimism),
         scale_by_learning_rate(1.0),
@@ -151,13 +147,8 @@ def optimistic_adam_v2(
     learning rate, ``optimistic_adam(lr, o)`` equals ``optimistic_adam_v2(1.0, alpha=lr, beta=o)``.
     Memory: three numbers per parameter. Defaults: ``alpha=1, beta=1, b1=0.9, b2=0.999, eps=1e-8, eps_root=0``.
     """
-    owner = "optimistic_adam_v2"
-    _check_coefficients(owner, alpha=alpha, beta=beta)
-    for name, value in (("b1", b1), ("b2", b2)):
-        _checks.check_decay(owner, name, value)
-    for name, value in (("eps", eps), ("eps_root", eps_root)):
-        _checks.check_nonnegative(owner, name, value)
-    return chain(
+    _check_coefficients("optimistic_adam_v2", alpha=alpha, beta=beta)
+    return chain(  # scale_by_adam checks b1, b2, eps and eps_root (the alias names them as ours)
         scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
         scale_by_optimistic_gradient(alpha=alpha, beta=beta),
         scale_by_learning_rate(learning_rate),
