@@ -143,7 +143,7 @@ def check_floating(params: Tree, owner: str, *, real: str | None = None) -> None
             )
 
 
-def _map2(fn, a: Tree, b: Tree, names=("a", "b")) -> Tree:
+def _map2(fn, a: Tree, b: Tree, names=("tree_x", "tree_y")) -> Tree:
     check_same_structure(a, b, *names)
     return jax.tree.map(fn, a, b)
 
@@ -299,7 +299,7 @@ def cast(tree: Tree, dtype: Any) -> Tree:
 
 def cast_like(tree: Tree, other_tree: Tree) -> Tree:
     """Casts each leaf of ``tree`` to the dtype of the matching leaf of ``other_tree``."""
-    return _map2(lambda x, y: x.astype(y.dtype), tree, other_tree)
+    return _map2(lambda x, y: x.astype(y.dtype), tree, other_tree, ("tree", "other_tree"))
 
 
 def where(condition: Any, tree_x: Tree, tree_y: Tree) -> Tree:
