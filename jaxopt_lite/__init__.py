@@ -10,7 +10,7 @@ one by chaining transforms, or take a ready alias::
     params = jol.apply_updates(params, updates)
 """
 
-from jaxopt_lite import kernels, schedules, sweeps, tree
+from jaxopt_lite import kernels, schedules, sharding, sweeps, tree
 from jaxopt_lite.aliases import (
     adabelief,
     lamb,
