@@ -218,6 +218,14 @@ from jaxopt_lite.optimizers.polyak import polyak_sgd, scale_by_polyak
 from jaxopt_lite.optimizers.signum import signum
 from jaxopt_lite.optimizers.mars import ScaleByMarsState, mars_adamw, scale_by_mars
 from jaxopt_lite.wrappers.cautious import cautious, cautious_adamw, cautious_lion
+from jaxopt_lite.transforms.low_precision import (
+    KahanSummationState,
+    StochasticRoundingState,
+    apply_updates_stochastic,
+    kahan_summation,
+    round_stochastic,
+    stochastic_rounding,
+)
 
 # linear algebra (Shampoo's inverse root, the power method, non-negative least squares), perturbations
 from jaxopt_lite import perturbations

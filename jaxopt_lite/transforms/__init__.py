@@ -5,6 +5,7 @@
 - :mod:`~jaxopt_lite.transforms.momentum`: heavy-ball / Nesterov traces and EMAs.
 - :mod:`~jaxopt_lite.transforms.adaptive`: per-coordinate step sizes (Adam family, RMSProp, AdaGrad, ...).
 - :mod:`~jaxopt_lite.transforms.regularization`: weight decay, gradient noise, constraints.
+- :mod:`~jaxopt_lite.transforms.low_precision`: stochastic rounding and Kahan summation for bfloat16/float16 parameters.
 """
 
 # optax.transforms names: utility transforms
