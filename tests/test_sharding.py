@@ -21,7 +21,25 @@ On a 2x4 mesh (axes ``x``, ``y``) the parameters are
 and every optimizer-state leaf with its parameter's shape, found under the
 parameter's own path in the state, must have its parameter's sharding after
 ``init``, after ``jit(init)`` and after a jitted ``update`` (as must the
-updates and the new parameters).
+updates and the new parameters); a scalar under a parameter's path (a
+statistic per array, as NovoGrad's second moment) must be replicated over the
+parameter's mesh. A parameter's leaves are those under a dict key naming it,
+at any depth (SM3's list of accumulators per parameter). Factored or per-axis
+statistics of a matrix (Adafactor's row and column statistics, SM3's
+accumulators) have other shapes and are not checked.
+
+The optimizers are every row of the property tests' table
+(``tests/test_properties.py``, ``OPTIMIZERS``), which the subprocess imports:
+a row added there is checked here, built by that table's ``build(name)`` (its
+Python-number hyperparameters). For the dtype check each swept float
+hyperparameter of the row is instead a float32 array traced by ``jit``, at the
+value ``build(name)`` gives it (the row's fixed argument, else the
+constructor's default, else, for wrappers taking ``**kwargs``, the middle value
+of the table's ``SWEEP``); step counts stay Python ints. That step is compiled
+and run in the 32-bit run (its new parameters must be finite) and only traced
+(``jax.eval_shape``) in the x64 run: the dtypes, without a second compilation
+per optimizer. Both runs check that the new parameters of the sharded step are
+finite.
 """
 
 from __future__ import annotations
@@ -34,30 +52,16 @@ import textwrap
 
 import pytest
 from conftest import budget_left_s
+from test_properties import OPTIMIZERS as PROPERTY_OPTIMIZERS
 
-# One optimizer per state layout and update family (an alias that only adds a flag to another one's
-# transform shares its sharding behaviour): each costs two 8-device compilations per mode.
-OPTIMIZER_NAMES = [
-    "sgd",
-    "sgd_momentum",
-    "noisy_sgd",
-    "adagrad",
-    "adadelta",
-    "rmsprop_centered_momentum",
-    "adamw",
-    "amsgrad",
-    "adamaxw",
-    "nadamw_momentum_decay",
-    "radam",
-    "lion",
-    "adabelief",
-    "lamb",
-    "lars",
-    "chain_clip_adam_schedule",
-]
+# Every row of the property tests' table (tests/test_properties.py): a row added there is checked
+# here too. The subprocess imports the same table (constructors, wrappers and fixed arguments).
+OPTIMIZER_NAMES = list(PROPERTY_OPTIMIZERS)
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 SCRIPT = textwrap.dedent(
     r'''
+    import inspect
     import json
     import sys
     import time
@@ -68,50 +72,35 @@ SCRIPT = textwrap.dedent(
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     import jaxopt_lite as jol
-    from jaxopt_lite import schedules as sch
 
     X64 = bool(jax.config.jax_enable_x64)
 
 
-    def chain_clip_adam_schedule(learning_rate=0.1, b1=0.9, b2=0.999, eps=1e-8, max_norm=1.0):
-        schedule = sch.warmup_cosine_decay_schedule(0.0, learning_rate, 2, 10, 0.0)
-        return jol.chain(jol.clip_by_global_norm(max_norm), jol.adam(schedule, b1=b1, b2=b2, eps=eps))
+    # The property tests' table: name -> (constructor, fixed keyword arguments, swept hyperparameters).
+    sys.path.insert(0, sys.argv[2])
+    from test_properties import LR, OPTIMIZERS, STEP_COUNT_HPS, SWEEP, build
 
 
-    # name -> (constructor, fixed keyword arguments, float hyperparameters passed as arrays)
-    OPTIMIZERS = {
-        "sgd": (jol.sgd, {}, {}),
-        "sgd_momentum": (jol.sgd, {}, {"momentum": 0.9}),
-        "sgd_nesterov": (jol.sgd, {"nesterov": True}, {"momentum": 0.9}),
-        "sgd_momentum_dampening": (jol.sgd, {}, {"momentum": 0.9, "dampening": 0.5}),
-        "noisy_sgd": (jol.noisy_sgd, {"key": 0}, {"eta": 0.01, "gamma": 0.55}),
-        "sign_sgd": (jol.sign_sgd, {}, {}),
-        "adagrad": (jol.adagrad, {}, {"initial_accumulator_value": 0.1, "eps": 1e-7}),
-        "adadelta": (jol.adadelta, {}, {"rho": 0.9, "eps": 1e-6, "weight_decay": 0.01}),
-        "rmsprop": (jol.rmsprop, {}, {"decay": 0.9, "eps": 1e-8, "initial_scale": 0.1}),
-        "rmsprop_centered_momentum": (
-            jol.rmsprop, {"centered": True}, {"decay": 0.9, "eps": 1e-8, "initial_scale": 0.1, "momentum": 0.9}),
-        "adam": (jol.adam, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 1e-12}),
-        "adamw": (jol.adamw, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4}),
-        "amsgrad": (jol.amsgrad, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-8}),
-        "adamax": (jol.adamax, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-8}),
-        "adamaxw": (jol.adamaxw, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4}),
-        "nadam": (jol.nadam, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-8}),
-        "nadam_momentum_decay": (jol.nadam, {}, {"b1": 0.9, "b2": 0.999, "momentum_decay": 0.004}),
-        "nadamw": (jol.nadamw, {}, {"b1": 0.9, "b2": 0.999, "weight_decay": 1e-4}),
-        "nadamw_momentum_decay": (jol.nadamw, {}, {"b1": 0.9, "weight_decay": 1e-4, "momentum_decay": 0.004}),
-        "radam": (jol.radam, {}, {"b1": 0.9, "b2": 0.999, "threshold": 5.0}),
-        "lion": (jol.lion, {}, {"b1": 0.9, "b2": 0.99, "weight_decay": 1e-3}),
-        "adabelief": (jol.adabelief, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-16, "eps_root": 1e-16}),
-        "lamb": (jol.lamb, {}, {"b1": 0.9, "b2": 0.999, "eps": 1e-6, "weight_decay": 0.01}),
-        "lars": (jol.lars, {}, {"weight_decay": 0.01, "trust_coefficient": 0.001, "eps": 1e-8, "momentum": 0.9}),
-        "chain_clip_adam_schedule": (chain_clip_adam_schedule, {}, {"b1": 0.9, "max_norm": 1.0}),
-    }
-
-
-    def build(name, hps):
+    def array_value(name, hp):
+        """The value ``build(name)`` gives ``hp``: its fixed argument, else the constructor's numeric
+        default, else (a wrapper taking ``**kwargs``, or a ``None`` default) SWEEP's middle value."""
         fn, fixed, _ = OPTIMIZERS[name]
-        return fn(**fixed, **hps)
+        if hp == "learning_rate":
+            return LR
+        if hp in fixed:
+            return fixed[hp]
+        try:
+            default = inspect.signature(fn).parameters[hp].default
+        except (KeyError, TypeError, ValueError):
+            default = None
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            return default
+        return SWEEP[hp][1]
+
+
+    def array_hyperparameters(name):
+        """Every swept float hyperparameter (step counts stay Python ints) at build()'s value."""
+        return {hp: array_value(name, hp) for hp in OPTIMIZERS[name][2] if hp not in STEP_COUNT_HPS}
 
 
     devices = np.array(jax.devices()).reshape(2, 4)
@@ -136,25 +125,32 @@ SCRIPT = textwrap.dedent(
         return tree
 
 
-    def key_of(entry):
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                return getattr(entry, attr)
-        return str(entry)
+    def param_key(path, params):
+        """The parameter a leaf at ``path`` is under: the last dict key on the path naming a parameter
+        (SM3 keeps a list of accumulators under each parameter's key); ``None`` if none does.
+        Attribute names of the state (a field ``scale``) are not dict keys: they never match."""
+        keys = [e.key for e in path if isinstance(e, jax.tree_util.DictKey) and e.key in params]
+        return keys[-1] if keys else None
 
 
     def sharding_problems(tree, params, what):
-        """Leaves of ``tree`` under a parameter's path, with its shape, sharded differently."""
+        """Leaves of ``tree`` under a parameter's path sharded unlike it: with its shape, the parameter's
+        sharding; a scalar of an array (a per-array statistic), replicated over the parameter's mesh."""
         problems, checked = [], 0
         by_key = {k: params[k] for k in params}
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
             if not hasattr(leaf, "sharding") or not path:
                 continue
-            k = key_of(path[-1])
-            if k not in by_key or leaf.shape != by_key[k].shape:
+            k = param_key(path, by_key)
+            if k is None:
+                continue
+            if leaf.shape == by_key[k].shape:
+                p_sharding = by_key[k].sharding
+            elif leaf.shape == ():
+                p_sharding = NamedSharding(by_key[k].sharding.mesh, P())
+            else:  # factored or per-axis statistics: not checked
                 continue
             checked += 1
-            p_sharding = by_key[k].sharding
             if not leaf.sharding.is_equivalent_to(p_sharding, leaf.ndim):
                 problems.append(
                     f"{what} {jax.tree_util.keystr(path)}: {leaf.sharding} != param {p_sharding}")
@@ -162,9 +158,9 @@ SCRIPT = textwrap.dedent(
 
 
     def under_param(tree, key):
-        """The leaves of ``tree`` found under the parameter path ``key``."""
-        return [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-                if path and key_of(path[-1]) == key]
+        """``(path, leaf)`` for the leaves of ``tree`` under the parameter ``key`` of ``MIXED``."""
+        return [(jax.tree_util.keystr(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+                if path and param_key(path, MIXED) == key]
 
 
     def float_dtypes(leaves):
@@ -179,15 +175,16 @@ SCRIPT = textwrap.dedent(
 
     report = {"x64": X64, "n_devices": len(jax.devices()), "optimizers": {}, "not_run": []}
     deadline = time.monotonic() + float(sys.argv[1])
-    for name in sys.argv[2:]:
+    for name in sys.argv[3:]:
         if time.monotonic() > deadline:  # the test run's time budget is spent: say so, do not start another
             report["not_run"].append(name)
             continue
         entry = {"sharding_problems": {}, "checked": {}, "dtype_problems": []}
+        started = time.monotonic()
         try:
             params, grads = make(0, jnp.float32), make(1, jnp.float32)
-            # Sharding, with Python-number hyperparameters (the common case).
-            opt = build(name, {"learning_rate": 0.1, **OPTIMIZERS[name][2]})
+            # Sharding, with Python-number hyperparameters (the common case): the table's build().
+            opt = build(name)
             state = opt.init(params)
             updates, new_state = jax.jit(opt.update)(grads, state, params)
             new_params = jax.jit(jol.apply_updates)(params, updates)
@@ -202,32 +199,38 @@ SCRIPT = textwrap.dedent(
                 problems, n = sharding_problems(tree, params, what)
                 entry["sharding_problems"][what] = problems
                 entry["checked"][what] = n
+            entry["not_finite"] = [k for k, v in new_params.items() if not bool(jnp.all(jnp.isfinite(v)))]
 
             # dtypes: every float hyperparameter a float32 array traced by jit; nothing under a
-            # parameter's path may take another dtype than the parameter's.
-            hps = {k: jnp.asarray(v, jnp.float32) for k, v in {"learning_rate": 0.1, **OPTIMIZERS[name][2]}.items()}
+            # parameter's path may take another dtype than the parameter's. The 32-bit run compiles
+            # and runs the step (the new bfloat16 and float32 params must be finite); the x64 run
+            # only traces it (jax.eval_shape: the dtypes, at a fraction of the compile time).
+            entry["array_hyperparameters"] = array_hyperparameters(name)
+            hps = {k: jnp.asarray(v, jnp.float32) for k, v in entry["array_hyperparameters"].items()}
 
             @jax.jit
             def one_step(hps, p, g):
-                opt = build(name, hps)
+                opt = build(name, **hps)
                 s = opt.init(p)
                 u, s = opt.update(g, s, p)
                 return u, s, jol.apply_updates(p, u)
 
-            u, s, p2 = one_step(hps, MIXED, MIXED_GRADS)
+            args = (hps, MIXED, MIXED_GRADS)
+            u, s, p2 = jax.eval_shape(one_step, *args) if X64 else one_step(*args)
             for key, x in MIXED.items():
                 for what, tree in [("updates", u), ("state", s), ("params", p2)]:
-                    for leaf in under_param(tree, key):
+                    for path, leaf in under_param(tree, key):
                         dt = jnp.result_type(leaf)
                         if jnp.issubdtype(dt, jnp.floating) and dt != x.dtype:
-                            entry["dtype_problems"].append(f"{what} of {key}: {dt}")
-                    if what == "params":
-                        leaf = under_param(tree, key)[0]
+                            entry["dtype_problems"].append(f"{what} {path}: {dt} (param {x.dtype})")
+                    if what == "params" and not X64:
+                        leaf = under_param(tree, key)[0][1]
                         if not bool(jnp.all(jnp.isfinite(leaf.astype(jnp.float32)))):
                             entry["dtype_problems"].append(f"params of {key}: not finite")
             entry["state_float_dtypes"] = float_dtypes(jax.tree.leaves(s))
         except Exception as e:  # reported per optimizer, so one failure does not hide the others
             entry["error"] = f"{type(e).__name__}: {e}"
+        entry["seconds"] = round(time.monotonic() - started, 2)
         report["optimizers"][name] = entry
 
     # The one-pass CPU kernel: each device steps its own shard (nothing gathered), as the pure-JAX step.
@@ -261,7 +264,8 @@ def _start(x64: bool, seconds: float) -> subprocess.Popen:
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_ENABLE_X64"] = "1" if x64 else "0"
     return subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, str(seconds), *OPTIMIZER_NAMES], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", SCRIPT, str(seconds), TESTS_DIR, *OPTIMIZER_NAMES],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
@@ -301,8 +305,23 @@ def test_x64_mode_matches_request(report, request):
     assert report["x64"] is ("x64" in request.node.callspec.id)
 
 
-STATELESS = ("sgd", "noisy_sgd")  # no state leaf shaped like a parameter
 N_PARAMS = 6  # the leaves of make() in SCRIPT
+# Optimizers with fewer than one checked state leaf per parameter, and how many they have; any other
+# must have at least one (the check found its state under the parameters' paths). A new row
+# without a state buffer per parameter belongs here.
+FEW_CHECKED_STATE_LEAVES = {
+    "sgd": 0,  # no momentum: no state
+    "noisy_sgd": 0,  # a key and a count
+    "sign_sgd": 0,
+    "fromage": 0,
+    "polyak_sgd": 0,  # the step comes from the loss value passed to update
+    "adafactor": 3,  # rows, cols and grid are factored: row and column statistics only (not checked)
+}
+# State leaves kept in float32 for bfloat16 parameters on purpose: optimizer -> (state fields, why).
+FLOAT32_STATE_BY_DESIGN = {
+    "adafactor_momentum_wd": (("ema",), "the momentum is kept in dtype_momentum, float32 by default (as Optax)"),
+    "ldog": (("max_dist", "grad_sum_of_squares"), "its two scalars per array are kept in at least float32"),
+}
 
 
 def _entry(report, name):
@@ -317,8 +336,12 @@ def _entry(report, name):
 def test_init_state_keeps_param_sharding(report, name):
     entry = _entry(report, name)
     assert entry["sharding_problems"]["init"] == [], "\n".join(entry["sharding_problems"]["init"])
-    if name not in STATELESS:
-        assert entry["checked"]["init"] >= N_PARAMS  # at least one state leaf per parameter
+    if name in FEW_CHECKED_STATE_LEAVES:
+        assert entry["checked"]["init"] == FEW_CHECKED_STATE_LEAVES[name]
+    else:
+        assert entry["checked"]["init"] >= N_PARAMS, (
+            f"{name}: {entry['checked']['init']} state leaves under the parameters' paths (fewer than one per "
+            "parameter: if it keeps no buffer per parameter, add it to FEW_CHECKED_STATE_LEAVES)")
 
 
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
@@ -326,6 +349,7 @@ def test_jitted_update_keeps_param_sharding(report, name):
     entry = _entry(report, name)
     for stage in ("updates", "state after jitted update", "params after apply_updates"):
         assert entry["sharding_problems"][stage] == [], "\n".join(entry["sharding_problems"][stage])
+    assert entry["not_finite"] == [], f"new params not finite: {entry['not_finite']}"
     # updates and the new params are trees shaped like params: all their leaves are checked.
     assert entry["checked"]["updates"] == N_PARAMS
     assert entry["checked"]["params after apply_updates"] == N_PARAMS
@@ -343,7 +367,13 @@ def test_jitted_init_keeps_param_sharding(report, name):
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
 def test_float32_and_bfloat16_params_are_not_upcast_by_float32_hyperparameters(report, name):
     entry = _entry(report, name)
-    assert entry["dtype_problems"] == [], "\n".join(entry["dtype_problems"])
+    fields, _ = FLOAT32_STATE_BY_DESIGN.get(name, ((), ""))
+    by_design = [p for p in entry["dtype_problems"]
+                 if p.startswith("state ") and p.split(": ")[1].startswith("float32 ")
+                 and any(f".{field}[" in p for field in fields)]
+    problems = [p for p in entry["dtype_problems"] if p not in by_design]
+    assert problems == [], "\n".join(problems)
+    assert bool(by_design) == bool(fields), f"{name}: FLOAT32_STATE_BY_DESIGN is out of date: {by_design}"
     if not report["x64"]:
         # In 32-bit mode nothing in the state is wider than float32.
         assert set(entry["state_float_dtypes"]) <= {"float32", "bfloat16"}, entry["state_float_dtypes"]

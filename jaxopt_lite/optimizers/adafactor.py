@@ -58,10 +58,6 @@ def _placeholder(dtype: Any) -> jax.Array:
     return jnp.zeros((1,), dtype)
 
 
-def _drop(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
-    return tuple(n for i, n in enumerate(shape) if i != axis)
-
-
 def _unzip(treedef: Any, tuples: Any, n: int) -> list:
     flat = treedef.flatten_up_to(tuples)
     return [treedef.unflatten([x[i] for x in flat]) for i in range(n)]
@@ -122,10 +118,13 @@ def scale_by_factored_rms(
             p = jnp.asarray(p)
             fd = dims(p.shape)
             if fd is None:
-                return _placeholder(p.dtype), _placeholder(p.dtype), jnp.zeros_like(p)
+                return _placeholder(p.dtype), _placeholder(p.dtype), _tree.zeros_like(p)
             small, large = fd
-            return jnp.zeros(_drop(p.shape, large), p.dtype), jnp.zeros(_drop(p.shape, small), p.dtype), \
-                _placeholder(p.dtype)
+            # Row and column statistics sharded as the update's means over an axis of the parameter
+            # make them (zeros like its sums over that axis), not on one device.
+            v_row = _tree.zeros_like(jnp.sum(p, axis=large), p.dtype)
+            v_col = _tree.zeros_like(jnp.sum(p, axis=small), p.dtype)
+            return v_row, v_col, _placeholder(p.dtype)
 
         treedef = jax.tree.structure(params)
         v_row, v_col, v = _unzip(treedef, jax.tree.map(leaf, params), 3)

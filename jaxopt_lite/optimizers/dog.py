@@ -212,7 +212,8 @@ def scale_by_distance_over_gradients(
         _tree.check_floating(params, owner)
         return ScaleByDistanceOverGradientsState(
             max_dist=jax.tree.map(lambda p: (reps_rel * (1 + jnp.linalg.norm(p))).astype(leaf_dtype(p)), params),
-            grad_sum_of_squares=jax.tree.map(lambda p: jnp.zeros([], leaf_dtype(p)), params),
+            # On the array's devices (replicated over its mesh, as the update's ``jnp.sum`` makes it).
+            grad_sum_of_squares=jax.tree.map(lambda p: _tree.zeros_like(jnp.sum(p), leaf_dtype(p)), params),
             init_params=_copy(params, param_dtype),
         )
 

@@ -80,7 +80,9 @@ def scale_by_novograd(
         return ScaleByNovogradState(
             count=_tree.zero_count(),
             mu=_tree.accumulator_zeros(params, mu_dtype),
-            nu=jax.tree.map(lambda p: jnp.zeros([], jnp.result_type(p)), params),
+            # One scalar per array, on the array's devices (replicated over its mesh, as the update's
+            # ``jnp.sum`` makes it), not on one device: zeros like the array's sum.
+            nu=jax.tree.map(lambda p: _tree.zeros_like(jnp.sum(p), jnp.result_type(p)), params),
         )
 
     def update(updates, state, params=None):

@@ -62,10 +62,13 @@ def scale_by_sm3(
         _tree.check_floating(params, owner, real="as in Optax")
 
         def accumulators(p):
+            # Each accumulator sharded as the update's max over the other axes makes it (zeros like the
+            # parameter's sum over them; a scalar's, like the parameter), not on one device.
             p = jnp.asarray(p)
             if p.ndim == 0:
-                return [jnp.zeros((), p.dtype)]
-            return [jnp.zeros((n,), p.dtype) for n in p.shape]
+                return [_tree.zeros_like(p, p.dtype)]
+            others = [tuple(a for a in range(p.ndim) if a != i) for i in range(p.ndim)]
+            return [_tree.zeros_like(jnp.sum(p, axis=axes), p.dtype) for axes in others]
 
         return ScaleBySM3State(mu=jax.tree.map(accumulators, params), nu=_tree.zeros_like(params))
 
