@@ -115,7 +115,10 @@ def require_params(owner: str, updates: Tree, params: Tree, why: str = "") -> No
     """Raises ``ValueError`` if ``params`` is ``None`` or not shaped like ``updates`` (a silent broadcast)."""
     if params is None:
         raise ValueError(f"{owner}: params must be passed to update{f' ({why})' if why else ''}")
-    check_same_shapes(updates, params, "updates", "params")
+    try:
+        check_same_shapes(updates, params, "updates", "params")
+    except ValueError as error:
+        raise ValueError(f"{owner}: {error}") from None
 
 
 def check_floating(params: Tree, owner: str, *, real: str | None = None) -> None:

@@ -13,11 +13,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxopt_lite import _checks, numerics
+from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
 from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.adaptive import scale_by_adam
+from jaxopt_lite.transforms.clipping import clip_by_global_norm, clip_by_norm
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -35,25 +36,10 @@ class ScaleByMarsState(NamedTuple):
 
 
 def _clip_to_norm(tree: Any, max_norm: Any, per_leaf: bool) -> Any:
-    """``c * max_norm / ||c||`` where ``||c|| > max_norm``, else ``c``: each leaf's own norm, or the tree's.
-
-    Norms are real (``|z|`` for complex entries), accumulated in at least float32 and
-    overflow-safe (:func:`jaxopt_lite.numerics.scaled_norms`); a zero norm is never clipped.
-    """
-    leaves, treedef = jax.tree.flatten(tree)
-    if not leaves:
-        return tree
-    if per_leaf:
-        scaled = numerics.scaled_norms(leaves)
-    else:
-        scaled = [numerics.scaled_global_norm(leaves)] * len(leaves)
-
-    def leaf(c, scale, root):
-        clip = scale * root > max_norm
-        ratio = max_norm / jnp.where(clip, root, jnp.ones_like(root))
-        return jnp.where(clip, (c / scale.astype(c.dtype)) * ratio, c).astype(c.dtype)
-
-    return treedef.unflatten([leaf(c, s, r) for c, (s, r) in zip(leaves, scaled)])
+    """``c * max_norm / ||c||`` where ``||c|| > max_norm``, else ``c``: each leaf's own norm, or the tree's
+    (:func:`~jaxopt_lite.clip_by_norm`, :func:`~jaxopt_lite.clip_by_global_norm`: real, overflow-safe norms)."""
+    clip = clip_by_norm(max_norm) if per_leaf else clip_by_global_norm(max_norm)
+    return clip.update(tree, clip.init(tree))[0]
 
 
 def scale_by_mars(

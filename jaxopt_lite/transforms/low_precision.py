@@ -136,16 +136,6 @@ def _check_params(owner: str, params: Any) -> None:
         _rounding_kind(owner, jax.tree_util.keystr(path) or "<root>", jnp.result_type(leaf))
 
 
-def _require_params(owner: str, updates: Any, params: Any) -> None:
-    """Like ``tree.require_params``, every message starting with ``owner``."""
-    if params is None:
-        raise ValueError(f"{owner}: params must be passed to update (the rounding depends on them)")
-    try:
-        _tree.check_same_shapes(updates, params, "updates", "params")
-    except ValueError as error:
-        raise ValueError(f"{owner}: {error}") from None
-
-
 # ----------------------------------------------------------------------------
 # Rounding float32 values to bfloat16/float16, on bit patterns.
 # ----------------------------------------------------------------------------
@@ -353,7 +343,7 @@ def stochastic_rounding(key: jax.Array | int) -> GradientTransformation:
 
     def update(updates, state, params=None):
         _checks.check_state_type(owner, state, StochasticRoundingState)
-        _require_params(owner, updates, params)
+        _tree.require_params(owner, updates, params, "the rounding depends on them")
         next_key, step_key = jax.random.split(state.rng_key)
         flat_params, treedef = jax.tree_util.tree_flatten_with_path(params)
         flat_updates = treedef.flatten_up_to(updates)
@@ -414,7 +404,7 @@ def kahan_summation() -> GradientTransformation:
 
     def update(updates, state, params=None):
         _checks.check_state_type(owner, state, KahanSummationState)
-        _require_params(owner, updates, params)
+        _tree.require_params(owner, updates, params, "the rounding depends on them")
         treedef = jax.tree.structure(params)
         try:
             flat_comp = treedef.flatten_up_to(state.compensation)

@@ -58,7 +58,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxopt_lite import _checks
+from jaxopt_lite import _checks, numerics
 from jaxopt_lite.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
@@ -118,10 +118,8 @@ def _cautious_leaf(u: jax.Array, g: jax.Array, eps: Any, normalization: str, neg
     else:  # "clamped_mean"
         denominator = jnp.maximum(kept / jnp.maximum(size, 1), eps)
         numerator = jnp.ones((), dtype)
-    # denominator is 0 only with eps = 0 and no coordinate kept, where the step is 0 whatever the scale:
-    # a double `where` keeps the value and its derivatives finite (never 0 * inf).
-    positive = denominator > 0
-    scale = jnp.where(positive, numerator / jnp.where(positive, denominator, 1), 0)
+    # denominator is 0 only with eps = 0 and no coordinate kept, where the step is 0 whatever the scale.
+    scale = numerics.safe_div(numerator, denominator)
     # A product, not a `where`: a NaN or infinite step stays non-finite (as in the reference code), so that
     # apply_if_finite and friends still see it.
     return (u * (keep.astype(dtype) * scale).astype(u.dtype)).astype(u.dtype)
