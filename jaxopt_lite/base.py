@@ -291,7 +291,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
         if not isinstance(state, tuple) or len(state) != len(transforms):
             raise ValueError(
                 f"chain: expected a state tuple of {len(transforms)} entries (one per transform), "
-                f"got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else 'n/a'}"
+                f"got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else 'n/a'} "
+                "(the state of another optimizer, or state and params swapped?)"
             )
         if params is not None:
             _tree.check_same_shapes(updates, params, "updates", "params", per_example=True)  # dpsgd's input
