@@ -34,7 +34,9 @@ def test_meta_gradient_wrt_learning_rate_is_finite_with_zero_gradient_coordinate
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_non_finite_learning_rate_is_refused(name, bad):
-    with pytest.raises(ValueError, match=r"learning_rate must be"):
+    # The learning rate by its own name, or as what the table's builder passes it to (a schedule's peak
+    # value, scale's step size).
+    with pytest.raises(ValueError, match=r"(learning_rate|peak_value|step_size) must be"):
         build(name, learning_rate=bad)
 
 

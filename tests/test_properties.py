@@ -299,6 +299,7 @@ ALTERNATIVE_FOR = {
     ("polyak_sgd", "eps"): 1e6,  # a small eps leaves the step capped too
     ("signum", "b1"): 0.0,
     ("signum", "beta"): 0.0,  # the sign of the last gradient, not of the average
+    ("adopt", "eps"): 10.0,  # eps floors sqrt(v) (as max, not a sum): 0.1 is below it on the table's gradients
 }
 
 
@@ -474,11 +475,13 @@ def test_structure_dtypes_jit_and_scan(name, spec, seed):
     )
     assert_same_avals(scan_state, state0, f"{name} state after scan")
     comparable = _without_bfloat16 if name in SIGN_MASKED else (lambda tree: tree)
+    tol = _state_tol(params) if name in COUPLED else None
     for k in range(N_STEPS):
         u_k = take(scan_updates, k)
         assert_trees_close(comparable(u_k), comparable(eager_updates[k]),
-                           f"{name} jitted scan vs eager loop, step {k + 1}")
-    assert_trees_close(comparable(scan_params), comparable(eager_params), f"{name} params, jitted scan vs eager loop")
+                           f"{name} jitted scan vs eager loop, step {k + 1}", tol=tol)
+    assert_trees_close(comparable(scan_params), comparable(eager_params), f"{name} params, jitted scan vs eager loop",
+                       tol=tol)
     assert_trees_close(comparable(scan_state), comparable(s), f"{name} state, jitted scan vs eager loop",
                        tol=_state_tol(params))
 
@@ -541,10 +544,11 @@ def _fixed_tree(rng, scale=1.0):
     return make_tree(spec, rng, scale)
 
 
-# Steps coupled across leaves through a norm of values computed in each leaf's dtype (MARS's corrected
-# gradients, clipped globally): XLA may round a float32 leaf's c_t differently under jit (fused
-# multiply-adds), and the float64 leaf inherits float32-level differences through the shared norm.
-COUPLED_TOL = {"mars_adamw_global": TOL[jnp.dtype(jnp.float32)]}
+# Steps coupled across leaves through scalars computed from every leaf in its own dtype (global norms of
+# MARS's corrected gradients, DoWG's and MoMo's norms and inner products, schedule-free's float32 weights):
+# XLA may round a low-precision leaf's terms differently under jit (fused multiply-adds), and every leaf,
+# float64 ones included, inherits that through the shared scalar. Compared at the tree's lowest precision.
+COUPLED = {"mars_adamw_global", "dowg", "momo", "momo_adam", "schedule_free_sgd", "schedule_free_adamw"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -568,7 +572,8 @@ def test_jitted_update_traces_once_and_equals_eager(name):
         u_jit, s_jit = jupdate(g, s_jit, p_jit)
         u_eager, s_eager = opt.update(g, s_eager, p_eager)
         assert_same_avals(s_jit, state0, f"{name} state after jitted step {k + 1}")
-        assert_trees_close(u_jit, u_eager, f"{name} jit vs eager, step {k + 1}", tol=COUPLED_TOL.get(name))
+        tol = _state_tol(params) if name in COUPLED else None
+        assert_trees_close(u_jit, u_eager, f"{name} jit vs eager, step {k + 1}", tol=tol)
         p_jit, p_eager = jol.apply_updates(p_jit, u_jit), jol.apply_updates(p_eager, u_eager)
         jit_updates.append(u_jit)
     assert len(traces) == 1, f"{name}: jitted update traced {len(traces)} times over {len(grads)} calls"
@@ -639,6 +644,12 @@ def _hp_dtype(hp):
     return jnp.int32 if hp in STEP_COUNT_HPS else jnp.float32
 
 
+# Learned step sizes that start tiny (Mechanic's s_init = 1e-8, Prodigy's d0 = 1e-6): over the test's few
+# float32 steps the params do not move at all, so these cannot show an effect here (vmap still equals the
+# loop for them). test_contrib_parameter_free runs both over 200 float64 steps against references.
+SILENT_IN_FEW_STEPS = {("mechanize_sgd", "weight_decay"), ("prodigy", "beta3"), ("prodigy", "estim_lr_coef")}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_vmap_over_every_hyperparameter_equals_loop(name):
     """Every numeric hyperparameter is batched at once; row ``j`` of the batch changes only
@@ -655,7 +666,7 @@ def test_vmap_over_every_hyperparameter_equals_loop(name):
         looped = _run(name, params, target, **concrete)
         what = f"{name}: vmap vs loop, row {j} ({'base' if j == 0 else 'changed ' + hps[j - 1]})"
         assert_trees_close(take(batched, j), looped, what, tol=(2e-5, 1e-6))
-        if j > 0:
+        if j > 0 and (name, hps[j - 1]) not in SILENT_IN_FEW_STEPS:
             w = np.asarray(batched["w"])
             assert not np.array_equal(w[j], w[0]), f"{name}: {hps[j - 1]} had no effect"
         else:

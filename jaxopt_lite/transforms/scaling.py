@@ -21,8 +21,10 @@ class ScaleByScheduleState(NamedTuple):
 def scale(step_size: float | jax.Array) -> GradientTransformation:
     """Multiplies updates by a constant: ``u <- step_size * u``.
 
-    ``step_size`` may be a traced array; each leaf keeps its dtype.
+    ``step_size`` may be a traced array; each leaf keeps its dtype. A concrete
+    non-finite ``step_size`` is refused (it would turn every update into NaN or inf).
     """
+    _checks.check_finite("scale", "step_size", step_size)
     return stateless(lambda updates, params: _tree.scale(step_size, updates))
 
 
