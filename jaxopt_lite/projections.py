@@ -91,9 +91,15 @@ def projection_simplex(tree: Tree, scale: Any = 1) -> Tree:
 
 def projection_l1_sphere(tree: Tree, scale: Any = 1) -> Tree:
     r"""Projection onto the l1 sphere :math:`\|p\|_1 = \text{scale}`: :math:`p = \text{sign}(x) \cdot
-    \Pi_{\text{simplex}}(|x|)`."""
+    \Pi_{\text{simplex}}(|x|)`, with sign +1 at :math:`x_i = 0` (either sign is nearest there; Optax's 0
+    loses that coordinate's share and leaves :math:`\|p\|_1 < \text{scale}` when :math:`\|x\|_1 < \text{scale}`)."""
     magnitudes = projection_simplex(jax.tree.map(jnp.abs, tree), scale)
-    return jax.tree.map(lambda x, m: jnp.sign(x) * m, tree, magnitudes)
+
+    def signed(x, m):
+        direction = jnp.sign(x)
+        return jnp.where(direction == 0, jnp.ones_like(direction), direction) * m
+
+    return jax.tree.map(signed, tree, magnitudes)
 
 
 def projection_l1_ball(tree: Tree, scale: Any = 1) -> Tree:
