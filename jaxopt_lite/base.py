@@ -177,7 +177,7 @@ def with_owner(owner: str, tx: GradientTransformation) -> GradientTransformation
 
     def init(params):
         try:
-            return tx.init(params)
+            return _tree.place_on_params_mesh(tx.init(params), params)
         except (TypeError, ValueError) as error:
             renamed = _renamed(owner, error)
             if renamed is error:
@@ -285,7 +285,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
     transforms = tuple(with_extra_args_support(t) for t in transforms)
 
     def init(params):
-        return tuple(t.init(params) for t in transforms)
+        return _tree.place_on_params_mesh(tuple(t.init(params) for t in transforms), params)
 
     def update(updates, state, params=None, **extra_args):
         if not isinstance(state, tuple) or len(state) != len(transforms):

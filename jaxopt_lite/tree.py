@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite.numerics import safe_increment
@@ -260,6 +261,31 @@ def _sharded_like(x: Any, out: jax.Array) -> jax.Array:
     elif isinstance(x, jax.Array) and not isinstance(out, jax.core.Tracer) and out.sharding != x.sharding:
         out = jax.device_put(out, x.sharding)  # eager: out is concrete (not so for x captured inside a trace)
     return out
+
+
+def place_on_params_mesh(state: Tree, params: Tree) -> Tree:
+    """``state`` with its eager leaves that are not on the parameters' devices (step counts, PRNG keys,
+    injected hyperparameters; parameter-shaped buffers already follow their parameter) replicated on the
+    mesh the parameters are sharded over, so a jitted step can take ``jax.tree.map(lambda x: x.sharding,
+    state)`` as its input shardings. Unchanged under a trace, and for parameters on one device or on
+    several meshes."""
+    leaves = jax.tree.leaves(params)
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        return state
+    meshes = {x.sharding.mesh for x in leaves if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding)}
+    if len(meshes) != 1:
+        return state
+    target = NamedSharding(meshes.pop(), PartitionSpec())
+    if len(target.device_set) == 1:
+        return state
+
+    def place(x):
+        if (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+                and x.sharding.device_set != target.device_set):
+            return jax.device_put(x, target)
+        return x
+
+    return jax.tree.map(place, state)
 
 
 def zeros_like(tree: Tree, dtype: Any = None) -> Tree:

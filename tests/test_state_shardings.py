@@ -583,3 +583,48 @@ def test_example_runs_on_any_device_count():
     ns = {"__name__": "sharding_example"}
     exec(compile(code, "jaxopt_lite/sharding.py (docstring example)", "exec"), ns)  # noqa: S102
     assert np.all(np.isfinite(np.asarray(ns["params"]["w1"])))
+
+
+# --------------------------------------------------------------------------- #
+# Eager init: every state leaf on the parameters' devices
+# --------------------------------------------------------------------------- #
+
+EAGER_SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import jaxopt_lite as jol
+
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("x", "y"))
+    params = {"w": jax.device_put(jnp.ones((8, 4)), NamedSharding(mesh, P("x", "y"))),
+              "b": jax.device_put(jnp.ones(4), NamedSharding(mesh, P()))}
+    optimizers = {
+        "adam": jol.adam(1e-3),
+        "chain": jol.chain(jol.clip_by_global_norm(1.0), jol.adamw(jol.warmup_cosine_decay_schedule(0.0, 1e-3, 2, 10))),
+        "noisy_sgd": jol.noisy_sgd(0.1, key=0),
+        "inject_hyperparams": jol.inject_hyperparams(jol.adam)(learning_rate=1e-3),
+    }
+    for name, opt in optimizers.items():
+        state = opt.init(params)
+        off_mesh = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
+                    if x.sharding.device_set != set(mesh.devices.flat)]
+        step = jax.jit(lambda p, s, opt=opt: opt.update(p, s, p),
+                       in_shardings=(jax.tree.map(lambda x: x.sharding, params), jax.tree.map(lambda x: x.sharding, state)))
+        step(params, state)  # the state's own shardings are valid input shardings
+        print("RESULT", name, off_mesh)
+    """
+)
+
+
+def test_eager_init_puts_every_state_leaf_on_the_params_devices():
+    """Step counts, PRNG keys and injected hyperparameters are replicated on the params' mesh (not left on
+    one device), so ``jax.tree.map(lambda x: x.sharding, state)`` serves as a jitted step's input shardings."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, "-c", EAGER_SCRIPT], check=False, env=env, capture_output=True, text=True,
+                          timeout=600)
+    results = [line.split(" ", 2)[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and len(results) == 4, proc.stderr[-3000:]
+    for name, off_mesh in results:
+        assert off_mesh == "[]", f"{name}: state leaves off the params' mesh: {off_mesh}"

@@ -248,12 +248,13 @@ def inject_hyperparams(
             for n, f in stateful.items():
                 hyperparams[n] = _as_hyperparam(f(schedule_states[n]), dtype)
             inner_state = build(hyperparams).init(params)
-            return InjectStatefulHyperparamsState(
+            state = InjectStatefulHyperparamsState(
                 count=_tree.zero_count(),
                 hyperparams=hyperparams,
                 hyperparams_states=schedule_states,
                 inner_state=inner_state,
             )
+            return _tree.place_on_params_mesh(state, params)
 
         def update(updates, state, params=None, **extra_args):
             hyperparams = dict(state.hyperparams)
