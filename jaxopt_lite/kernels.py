@@ -212,9 +212,8 @@ def adamw_step(
                 return tuple(x.reshape(p.shape) for x in out)
 
             out = [leaf(*xs) for xs in zip(leaves, *(jax.tree.leaves(t) for t in (grads, state.mu, state.nu)))]
-            treedef = jax.tree.structure(params)
-            unflatten = lambda i: jax.tree.unflatten(treedef, [o[i] for o in out])  # noqa: E731
-            return unflatten(0), ScaleByAdamState(count=count, mu=unflatten(1), nu=unflatten(2))
+            new_params, mu, nu = _tree.unzip_leaves(jax.tree.structure(params), out, 3)
+            return new_params, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
         return jax.lax.platform_dependent(cpu=kernel, default=composed)
 

@@ -263,6 +263,13 @@ def _sharded_like(x: Any, out: jax.Array) -> jax.Array:
     return out
 
 
+def unzip_leaves(treedef: Any, per_leaf: Any, n: int) -> list:
+    """``n`` trees of structure ``treedef`` from one ``n``-tuple per leaf (a list in ``treedef``'s leaf
+    order, or a tree of tuples with that structure above them): ``[(a0, b0), (a1, b1)] -> [A, B]``."""
+    flat = per_leaf if isinstance(per_leaf, list) else treedef.flatten_up_to(per_leaf)
+    return [treedef.unflatten([x[i] for x in flat]) for i in range(n)]
+
+
 def place_on_params_mesh(state: Tree, params: Tree) -> Tree:
     """``state`` with its eager leaves that are not on the parameters' devices (step counts, PRNG keys,
     injected hyperparameters; parameter-shaped buffers already follow their parameter) replicated on the

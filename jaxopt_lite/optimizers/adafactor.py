@@ -58,11 +58,6 @@ def _placeholder(dtype: Any) -> jax.Array:
     return jnp.zeros((1,), dtype)
 
 
-def _unzip(treedef: Any, tuples: Any, n: int) -> list:
-    flat = treedef.flatten_up_to(tuples)
-    return [treedef.unflatten([x[i] for x in flat]) for i in range(n)]
-
-
 def scale_by_factored_rms(
     factored: bool = True,
     decay_rate: float | jax.Array = 0.8,
@@ -127,7 +122,7 @@ def scale_by_factored_rms(
             return v_row, v_col, _placeholder(p.dtype)
 
         treedef = jax.tree.structure(params)
-        v_row, v_col, v = _unzip(treedef, jax.tree.map(leaf, params), 3)
+        v_row, v_col, v = _tree.unzip_leaves(treedef, jax.tree.map(leaf, params), 3)
         return FactoredState(count=_tree.zero_count(), v_row=v_row, v_col=v_col, v=v)
 
     def update(updates, state, params=None):
@@ -157,7 +152,7 @@ def scale_by_factored_rms(
             return u.astype(g.dtype), r, c, v
 
         treedef = jax.tree.structure(updates)
-        out, v_row, v_col, v = _unzip(treedef, jax.tree.map(leaf, updates, state.v_row, state.v_col, state.v), 4)
+        out, v_row, v_col, v = _tree.unzip_leaves(treedef, jax.tree.map(leaf, updates, state.v_row, state.v_col, state.v), 4)
         count = _tree.safe_increment(state.count)
         return out, FactoredState(count=count, v_row=v_row, v_col=v_col, v=v)
 

@@ -109,7 +109,7 @@ def scale_by_novograd(
         p_leaves = [None] * treedef.num_leaves if params is None else treedef.flatten_up_to(params)
         mu_leaves, nu_leaves = treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
         flat = [leaf(*x) for x in zip(jax.tree.leaves(updates), p_leaves, mu_leaves, nu_leaves)]
-        out, mu, nu = (treedef.unflatten([x[i] for x in flat]) for i in range(3))
+        out, mu, nu = _tree.unzip_leaves(treedef, flat, 3)
         return out, ScaleByNovogradState(count=count, mu=mu, nu=nu)
 
     return GradientTransformation(init, update)

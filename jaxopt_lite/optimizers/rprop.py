@@ -69,9 +69,7 @@ def scale_by_rprop(
             return out.astype(g.dtype), s_new, d_new
 
         triples = jax.tree.map(leaf, updates, state.step_sizes, state.prev_updates)
-        treedef = jax.tree.structure(updates)
-        flat = treedef.flatten_up_to(triples)
-        out, step_sizes, prev = (treedef.unflatten([x[i] for x in flat]) for i in range(3))
+        out, step_sizes, prev = _tree.unzip_leaves(jax.tree.structure(updates), triples, 3)
         return out, ScaleByRpropState(step_sizes=step_sizes, prev_updates=prev)
 
     return GradientTransformation(init, update)
