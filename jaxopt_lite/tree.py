@@ -263,11 +263,10 @@ def _sharded_like(x: Any, out: jax.Array) -> jax.Array:
     return out
 
 
-def unzip_leaves(treedef: Any, per_leaf: Any, n: int) -> list:
-    """``n`` trees of structure ``treedef`` from one ``n``-tuple per leaf (a list in ``treedef``'s leaf
-    order, or a tree of tuples with that structure above them): ``[(a0, b0), (a1, b1)] -> [A, B]``."""
-    flat = per_leaf if isinstance(per_leaf, list) else treedef.flatten_up_to(per_leaf)
-    return [treedef.unflatten([x[i] for x in flat]) for i in range(n)]
+def unzip_leaves(treedef: Any, per_leaf: list, n: int) -> list:
+    """``n`` trees of structure ``treedef`` from one ``n``-tuple per leaf, listed in ``treedef``'s leaf order
+    (``treedef.flatten_up_to(tree_of_tuples)`` gives that list): ``[(a0, b0), (a1, b1)] -> [A, B]``."""
+    return [treedef.unflatten([x[i] for x in per_leaf]) for i in range(n)]
 
 
 def place_on_params_mesh(state: Tree, params: Tree) -> Tree:

@@ -143,3 +143,17 @@ def test_map_params_matches_optax():
     doubled = jol.tree_map_params(jol.adam(1e-3).init, lambda x: x + 1, state)
     np.testing.assert_array_equal(doubled[0].mu["w"], np.ones(3))
     assert doubled[0].count is state[0].count
+
+
+def test_unzip_leaves_keeps_a_list_shaped_tree():
+    """A tree whose root is a list (layers) unzips by its leaves, not as a list of tuples."""
+    import jax
+
+    from jaxopt_lite import tree as T
+
+    tree = [{"w": 1.0, "b": 2.0}, {"w": 3.0}]
+    treedef = jax.tree.structure(tree)
+    per_leaf = [(x, 10 * x) for x in jax.tree.leaves(tree)]
+    first, second = T.unzip_leaves(treedef, per_leaf, 2)
+    assert first == tree
+    assert second == jax.tree.map(lambda x: 10 * x, tree)

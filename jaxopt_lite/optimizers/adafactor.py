@@ -122,7 +122,7 @@ def scale_by_factored_rms(
             return v_row, v_col, _placeholder(p.dtype)
 
         treedef = jax.tree.structure(params)
-        v_row, v_col, v = _tree.unzip_leaves(treedef, jax.tree.map(leaf, params), 3)
+        v_row, v_col, v = _tree.unzip_leaves(treedef, [leaf(p) for p in jax.tree.leaves(params)], 3)
         return FactoredState(count=_tree.zero_count(), v_row=v_row, v_col=v_col, v=v)
 
     def update(updates, state, params=None):
@@ -152,7 +152,9 @@ def scale_by_factored_rms(
             return u.astype(g.dtype), r, c, v
 
         treedef = jax.tree.structure(updates)
-        out, v_row, v_col, v = _tree.unzip_leaves(treedef, jax.tree.map(leaf, updates, state.v_row, state.v_col, state.v), 4)
+        out, v_row, v_col, v = _tree.unzip_leaves(
+            treedef, treedef.flatten_up_to(jax.tree.map(leaf, updates, state.v_row, state.v_col, state.v)), 4
+        )
         count = _tree.safe_increment(state.count)
         return out, FactoredState(count=count, v_row=v_row, v_col=v_col, v=v)
 

@@ -69,7 +69,8 @@ def scale_by_rprop(
             return out.astype(g.dtype), s_new, d_new
 
         triples = jax.tree.map(leaf, updates, state.step_sizes, state.prev_updates)
-        out, step_sizes, prev = _tree.unzip_leaves(jax.tree.structure(updates), triples, 3)
+        treedef = jax.tree.structure(updates)
+        out, step_sizes, prev = _tree.unzip_leaves(treedef, treedef.flatten_up_to(triples), 3)
         return out, ScaleByRpropState(step_sizes=step_sizes, prev_updates=prev)
 
     return GradientTransformation(init, update)
