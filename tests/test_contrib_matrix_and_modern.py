@@ -183,7 +183,7 @@ def np_newton_schulz(m, coeffs, steps, eps=1e-8):
     return x.T if m.shape[0] > m.shape[1] else x
 
 
-def muon_reference(params, grads, lr, beta, wd, adam_b1=0.9, adam_b2=0.999, eps=1e-8):
+def muon_reference(params, grads, lr, beta, wd, adam_b1=0.9, adam_b2=0.999, eps=1e-8, debias=True):
     out = {}
     for k, gs in grads.items():
         p = params[k].copy()
@@ -192,6 +192,8 @@ def muon_reference(params, grads, lr, beta, wd, adam_b1=0.9, adam_b2=0.999, eps=
             if p.ndim == 2:  # Nesterov look-ahead of the debiased momentum, orthogonalised, width-scaled
                 m = beta * m + (1 - beta) * g
                 look = beta * m / (1 - beta ** (t + 1)) + (1 - beta) * g / (1 - beta**t)
+                if not debias:  # Jordan's and torch's form
+                    look = beta * m + (1 - beta) * g
                 o = np_newton_schulz(look, JORDAN, 5) * np.sqrt(max(1.0, p.shape[1] / p.shape[0]))
                 u = -lr * (o + wd * p)
             else:  # AdamW with Nesterov (Optax's nadamw form), no weight decay
@@ -218,6 +220,8 @@ def test_muon_against_numpy_and_optax():
     assert_close(ours, theirs, 1e-12, 1e-15)
     assert_close(ours, muon_reference(params, grads, 0.02, 0.95, 0.01), 1e-10, 1e-14)
     assert jol.muon is contrib.muon
+    plain, _ = run_both(contrib.muon(0.02, weight_decay=0.01, bias_correction=False), jol.identity(), params, grads)
+    assert_close(plain, muon_reference(params, grads, 0.02, 0.95, 0.01, debias=False), 1e-10, 1e-14)
 
 
 @pytest.mark.parametrize(
@@ -484,3 +488,75 @@ def test_galore_errors():
         contrib.scale_by_galore(rank=2.0)
     with pytest.raises(ValueError, match="scale_by_galore: rank must be positive, got 0"):
         contrib.scale_by_galore(rank=0)
+
+
+@pytest.mark.parametrize("adjust_lr_fn,kw", [(None, {}), ("match_rms_adamw", {"consistent_rms": 0.2})])
+def test_muon_matches_torch_optim_muon_in_float64(adjust_lr_fn, kw):
+    """``torch.optim.Muon`` (torch >= 2.9) on 2-D weights, 200 steps, its Newton-Schulz run in float64.
+
+    Torch stores a weight as ``(out, in)``; it matches ours with ``reduction_axis=1, output_axis=0``
+    (``sqrt(max(1, out/in))``, or ``0.2 sqrt(max(out, in))`` for ``match_rms_adamw``). Torch's
+    Newton-Schulz casts to bfloat16; here ``Tensor.bfloat16`` is the identity while it runs, so the
+    oracle is the same algorithm in float64. Torch floors the norm at ``eps`` where we add ``eps``:
+    ``eps=1e-30`` makes both the plain normalisation. Torch does not debias the momentum (Jordan's
+    convention): ``bias_correction=False``; with Optax's default ``True`` the direction differs from
+    the second step on, which the last lines check.
+    """
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch.optim, "Muon"):
+        pytest.skip("torch.optim.Muon needs torch >= 2.9")
+    rng = np.random.default_rng(11)
+    shapes = {"wide": (3, 5), "tall": (6, 2), "square": (4, 4)}
+    x0 = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    target = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    lr, wd, beta, n_steps = 0.02, 0.1, 0.95, 200
+
+    def grad(x, t, k):  # a fresh random term each step keeps the matrices well conditioned
+        return 0.5 * (x - t) + np.random.default_rng(k).standard_normal(x.shape)
+
+    tparams = {k: torch.tensor(v, dtype=torch.float64) for k, v in x0.items()}
+    topt = torch.optim.Muon(
+        list(tparams.values()), lr=lr, weight_decay=wd, momentum=beta, eps=1e-30, adjust_lr_fn=adjust_lr_fn
+    )
+    dims = jol.contrib.MuonDimensionNumbers(reduction_axis=1, output_axis=0)
+    opt = jol.contrib.muon(
+        lr,
+        beta=beta,
+        eps=1e-30,
+        weight_decay=wd,
+        muon_weight_dimension_numbers={k: dims for k in shapes},
+        bias_correction=False,
+        **kw,
+    )
+    params = jax.tree.map(jnp.asarray, x0)
+    state = opt.init(params)
+    step = jax.jit(lambda g, s, p: opt.update(g, s, p))
+    real_bfloat16 = torch.Tensor.bfloat16
+    torch.Tensor.bfloat16 = lambda self, *a, **k: self
+    try:
+        for k in range(n_steps):
+            for name, p in tparams.items():
+                p.grad = torch.tensor(grad(p.numpy(), target[name], k))
+            topt.step()
+            grads = {name: grad(np.asarray(params[name]), target[name], k) for name in shapes}
+            updates, state = step(grads, state, params)
+            params = jol.apply_updates(params, updates)
+            for name in shapes:
+                np.testing.assert_allclose(
+                    np.asarray(params[name]), tparams[name].numpy(), rtol=1e-10, atol=1e-12, err_msg=f"{name}, step {k}"
+                )
+    finally:
+        torch.Tensor.bfloat16 = real_bfloat16
+    assert not np.allclose(np.asarray(params["wide"]), x0["wide"], atol=0.1)  # it moved
+    debiased = jol.contrib.muon(lr, beta=beta, eps=1e-30, weight_decay=wd, muon_weight_dimension_numbers=dims, **kw)
+    p, s = jax.tree.map(jnp.asarray, x0), None
+    s = debiased.init(p)
+    for k in range(2):
+        u, s = debiased.update({n: grad(np.asarray(p[n]), target[n], k) for n in shapes}, s, p)
+        p = jol.apply_updates(p, u)
+    first_two = jax.tree.map(jnp.asarray, x0)
+    s2 = opt.init(first_two)
+    for k in range(2):
+        u, s2 = opt.update({n: grad(np.asarray(first_two[n]), target[n], k) for n in shapes}, s2, first_two)
+        first_two = jol.apply_updates(first_two, u)
+    assert not np.allclose(np.asarray(p["wide"]), np.asarray(first_two["wide"]), rtol=1e-6)

@@ -300,11 +300,15 @@ def scale_by_muon(
     preconditioning: Literal["frobenius", "spectral", "aol", "schatten"] = "frobenius",
     weight_dimension_numbers: Any = None,
     ns_dtype: Any = None,
+    bias_correction: bool = True,
 ) -> GradientTransformation:
     """Muon's direction: the orthogonalised (Nesterov) momentum of each matrix.
 
     ``m <- beta m + (1-beta) g``; ``M = m / (1-beta^t)``, or with ``nesterov=True``
-    (default) ``M = beta m / (1-beta^(t+1)) + (1-beta) g / (1-beta^t)``;
+    (default) ``M = beta m / (1-beta^(t+1)) + (1-beta) g / (1-beta^t)``; with
+    ``bias_correction=False`` (Jordan's code and ``torch.optim.Muon``) ``M = m``, or
+    ``beta m + (1-beta) g`` with ``nesterov=True``. The two differ in direction after the
+    first step (Newton-Schulz removes only a common scale);
     ``u = NS(M)``, the Newton-Schulz approximation of ``U V^T`` for ``M = U S V^T``
     (see :func:`newton_schulz`). With ``adaptive=True`` (Bernstein & Newhouse, 2024)
     ``u <- <M, u> u`` (the dual norm of ``M`` times ``u``, per leaf).
@@ -341,7 +345,9 @@ def scale_by_muon(
         _tree.check_same_shapes(updates, state.mu, "updates", f"{owner} state")
         mu = _tree.update_moment(updates, state.mu, beta, 1)
         count = _tree.safe_increment(state.count)
-        if nesterov:
+        if not bias_correction:
+            mu_hat = _tree.update_moment(updates, mu, beta, 1) if nesterov else mu
+        elif nesterov:
             mu_hat = _nesterov_first_moment(updates, mu, beta, count)
         else:
             mu_hat = _tree.bias_correction(mu, beta, count)
@@ -405,6 +411,7 @@ def muon(
     consistent_rms: Scalar | None = None,
     shape_scaling: Literal["width", "none"] = "width",
     ns_dtype: Any = None,
+    bias_correction: bool = True,
 ) -> GradientTransformationExtraArgs:
     """Muon (Jordan, 2024) on the matrices, AdamW on every other leaf.
 
@@ -422,6 +429,12 @@ def muon(
     :class:`MuonDimensionNumbers` / ``None``, or a function of the params returning one), the
     leaves with dimension numbers are (``None``: AdamW). State: ``PartitionState`` with the
     groups ``"muon"`` and ``"adam"``, as Optax.
+
+    ``bias_correction`` (default ``True``, Optax's convention) debiases Muon's momentum; ``False``
+    is Jordan's and ``torch.optim.Muon``'s. With ``bias_correction=False``, ``eps=1e-30`` and
+    ``muon_weight_dimension_numbers=MuonDimensionNumbers(reduction_axis=1, output_axis=0)`` for
+    torch's ``(out, in)`` weights, this equals ``torch.optim.Muon`` with its Newton-Schulz in
+    float64 (``consistent_rms=0.2`` for its ``adjust_lr_fn="match_rms_adamw"``), tested over 200 steps.
     """
     if shape_scaling not in ("width", "none"):
         raise ValueError(f"muon: shape_scaling must be 'width' or 'none', got {shape_scaling!r}")
@@ -470,6 +483,7 @@ def muon(
             preconditioning=preconditioning,
             weight_dimension_numbers=muon_dim_nums,
             ns_dtype=ns_dtype,
+            bias_correction=bias_correction,
         ),
         _scale_by_shape(muon_dim_nums, consistent_rms, shape_scaling),
         add_decayed_weights(weight_decay, weight_decay_mask),
