@@ -223,11 +223,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(config: Config) -> int:
-    from benchmarks import convergence, machine, optimizers, report, roofline, speed, sweep
+    from benchmarks import convergence, machine, optimizers, report, roofline, speed, sweep, transformer
     from benchmarks.context import Context
 
     suites = {"toy": convergence, "logistic": convergence, "mlp": convergence,
-              "roofline": roofline, "update": speed, "leaves": speed, "sweep": sweep}
+              "roofline": roofline, "update": speed, "leaves": speed, "sweep": sweep,
+              "transformer": transformer}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         meta = {"machine": machine.describe(), "config": config.to_json(), "started": started}

@@ -13,7 +13,7 @@ import numpy as np
 
 # Sections and the groups that name several of them (``--only convergence``).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "convergence": ("toy", "logistic", "mlp"),
+    "convergence": ("toy", "logistic", "mlp", "transformer"),
     "speed": ("roofline", "update", "leaves"),
     "sweep": ("sweep",),
 }
@@ -44,6 +44,8 @@ SECTION_HELP: dict[str, str] = {
            "ill-conditioned quadratic: steps to target, final loss, trajectories over contour plots",
     "logistic": "full-batch GD vs mini-batch vs stochastic SGD on synthetic logistic regression",
     "mlp": "a digits MLP trained by every optimizer at its best rate from a jit(vmap) learning-rate sweep",
+    "transformer": "a small character-level transformer LM: AdamW, Muon, SOAP, Shampoo, Schedule-Free, Prodigy, "
+                   "C-AdamW at swept rates; bfloat16 params (nearest, stochastic, Kahan) and 8-bit moments",
     "roofline": "the memory bandwidth reference: best of in-place STREAM kernels (scale, add, triad) at each size",
     "update": "one update step (sgd, momentum, adam, adamw, clip+adamw+cosine) on one leaf, vs Optax, torch.optim "
               "and the bandwidth roofline",

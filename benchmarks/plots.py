@@ -280,6 +280,50 @@ def mlp(sec: dict, out: Path, colors: dict | None = None) -> Path:
     return _save(fig, out, "mlp")
 
 
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    """A trailing moving average (mini-batch losses are noisy); the first points average what there is."""
+    c = np.cumsum(np.insert(np.asarray(y, np.float64), 0, 0.0))
+    n = np.arange(1, len(y) + 1)
+    lo = np.maximum(n - window, 0)
+    return (c[n] - c[lo]) / (n - lo)
+
+
+def transformer(sec: dict, out: Path, names: list[str], stem: str, title: str) -> Path:
+    """Loss against steps and wall time for ``names`` (and the sweep, when there was one)."""
+    runs = {n: sec["results"][n] for n in names if "_train_loss" in sec["results"].get(n, {})}
+    swept = {n: r for n, r in runs.items() if r.get("final_val_loss_per_lr")}
+    colors = optimizer_colors(list(runs))
+    fig, axes = plt.subplots(1, 3 if swept else 2, figsize=(13 if swept else 9, 3.6), squeeze=False)
+    a_step, a_time = axes[0, 0], axes[0, 1]
+    window = max(len(next(iter(runs.values()))["_train_loss"]) // 20, 1) if runs else 1
+    for n, r in runs.items():
+        y = _smooth(r["_train_loss"], window)
+        a_step.plot(np.arange(len(y)), y, color=colors[n], label=n, lw=1.2)
+        a_time.plot(np.arange(1, len(y) + 1) * r["step_s"], y, color=colors[n], label=n, lw=1.2)
+    a_step.set_xlabel("step (count)", fontsize=8)
+    a_time.set_xlabel("wall time (s)", fontsize=8)
+    a_step.set_ylabel(f"train loss, moving average of {window}\n(cross-entropy, nats)", fontsize=8)
+    a_step.set_title("loss against steps", fontsize=9)
+    a_time.set_title("loss against wall time", fontsize=9)
+    a_step.legend(fontsize=7)
+    if swept:
+        a_lr = axes[0, 2]
+        for n, r in swept.items():
+            val = np.array([np.nan if v is None else v for v in r["final_val_loss_per_lr"]], dtype=float)
+            factors = np.asarray(r["lr_grid"]) / r["lr_grid"][len(r["lr_grid"]) // 2]
+            a_lr.plot(factors, val, marker="o", ms=3, color=colors[n], label=n)
+        a_lr.set_xscale("log")
+        a_lr.set_xlabel("learning rate / the usual one (dimensionless)", fontsize=8)
+        a_lr.set_ylabel("final validation loss (nats)", fontsize=8)
+        a_lr.set_title("learning-rate sweep", fontsize=9)
+    for ax in axes.flat:
+        ax.tick_params(labelsize=7)
+        _few_ticks(ax, 4, 4)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, stem)
+
+
 # --- speed ---------------------------------------------------------------------------------------------
 
 def _speed(rows: list[dict], x_key: str, xlabel: str, out: Path, name: str, title: str) -> Path:
@@ -355,6 +399,18 @@ def make_all(ctx: Context, out: Path, sections: list[str] | None = None) -> tupl
         todo.append(("logistic", partial(logistic, r["logistic"], out)))
     if on("mlp") and r.get("mlp", {}).get("results"):
         todo.append(("mlp", partial(mlp, r["mlp"], out, colors)))
+    if on("transformer") and r.get("transformer", {}).get("results"):
+        from benchmarks.transformer import LOW_PRECISION, SPECS
+
+        sec = r["transformer"]
+        todo.append(("transformer", partial(
+            transformer, sec, out, [s.name for s in SPECS], "transformer",
+            f"Transformer LM ({sec['n_params']:,} params, {sec['steps']} steps): each optimizer at its best rate")))
+        low = [s.name for s in LOW_PRECISION]
+        if any(n in sec["results"] for n in low[1:]):
+            todo.append(("transformer_low_precision", partial(
+                transformer, sec, out, low, "transformer_low_precision",
+                "Transformer LM: AdamW with warmup-cosine, float32 vs bfloat16 parameters and 8-bit moments")))
     if on("update") and r.get("update", {}).get("rows"):
         todo.append(("speed_vs_params", partial(_speed, r["update"]["rows"], "n_params", "parameters (count, one leaf)",
                                                 out, "speed_vs_params", "Update step time vs number of parameters")))

@@ -137,6 +137,46 @@ def _mlp_table(sec: dict) -> Table:
                   f"epochs to loss<={sec['train_loss_tolerance']}", "compile", "sweep run"], rows, note)
 
 
+def _transformer_tables(sec: dict) -> list[Table]:
+    rows = []
+    for name, r in sec["results"].items():
+        if _err(r):
+            rows.append([name, _err(r)] + [""] * 7)
+            continue
+        rel = r.get("val_loss_vs_float32")
+        rows.append([name, fmt(r["lr"]), fmt(r["final_val_loss"], 4), fmt(r["final_train_loss"], 4),
+                     "—" if rel is None else f"{100 * rel:+.1f}%", fmt(r["state_bytes_per_param"]),
+                     fmt_time(r["step_s"]), fmt_time(r["run_s"]), _compile_s(r["compile"])])
+    note = (f"{sec['layers']} layers, d_model {sec['d_model']}, {sec['heads']} heads, context {sec['context']}, "
+            f"batch {sec['batch_size']}, {sec['n_params']:,} params, vocabulary {sec['vocab']} ({sec['text']}); "
+            f"{sec['steps']} steps. Swept optimizers: the best of {len(sec['lr_factors'])} rates "
+            f"({', '.join(fmt(f) for f in sec['lr_factors'])} x the usual one) by final validation loss, in one "
+            "jit(vmap) program; the adamw_cosine rows run at AdamW's best rate with warmup and cosine decay to 0, "
+            "and 'vs float32' compares them with adamw_cosine. Validation loss: mean cross-entropy "
+            f"(nats) over {sec['validation_batches']} held-out batches at the end (schedule-free: at the averaged "
+            "iterate). State bytes per parameter from jax.eval_shape(init). "
+            "Step time: one run's wall time over its steps (forward, backward and update).")
+    if sec.get("absent"):
+        note += f" Not in the library under test: {', '.join(sec['absent'])}."
+    out = [Table("transformer", "Transformer LM: final loss per optimizer",
+                 ["optimizer", "lr", "val loss", "train loss (last 10%)", "vs float32", "state B/param", "step",
+                  "run", "compile"], rows, note)]
+    mb = sec.get("muon_batching")
+    if mb and not _err(mb):
+        shapes = ", ".join(f"{k} {tuple(v)}" for k, v in mb["shapes"].items())
+        out.append(Table("transformer", "Muon: one batched Newton-Schulz call per shape vs one call per leaf",
+                         ["layers", "batched", "one call per leaf", "batched vs per leaf", "compile batched",
+                          "compile per leaf", "max abs diff"],
+                         [[fmt(mb["layers"]), fmt_timing(mb["batched"]["time"]), fmt_timing(mb["per_leaf"]["time"]),
+                           fmt_faster(mb["speedup"]), _compile_s(mb["batched"]["compile"]),
+                           _compile_s(mb["per_leaf"]["compile"]), fmt(mb["max_abs_diff"])]],
+                         f"scale_by_muon's update (5 Newton-Schulz steps, float32) on {mb['layers']} layers of "
+                         f"{shapes}; 'one call per leaf' applies the same transform to one-leaf trees."))
+    elif mb:
+        out.append(Table("transformer", "Muon: batched vs per leaf", ["error"], [[_err(mb)]]))
+    return out
+
+
 def _roofline_table(sec: dict) -> Table:
     kernels = list(sec.get("kernels", {}))
     rows = []
@@ -273,6 +313,8 @@ def tables(results: dict) -> list[Table]:
         out.append(_logistic_table(results["logistic"]))
     if results.get("mlp", {}).get("results"):
         out.append(_mlp_table(results["mlp"]))
+    if results.get("transformer", {}).get("results"):
+        out += _transformer_tables(results["transformer"])
     if results.get("roofline"):
         out.append(_roofline_table(results["roofline"]))
     for section in ("update", "leaves"):
@@ -348,6 +390,8 @@ _PLOT_TITLES = {
     "speed_vs_params": "Step time vs number of parameters",
     "speed_vs_leaves": "Step time vs number of leaves",
     "sweep": "Learning-rate sweep",
+    "transformer": "Transformer language model",
+    "transformer_low_precision": "Transformer LM: low-precision parameters and 8-bit state",
 }
 
 

@@ -106,8 +106,9 @@ def check_same_shapes(
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
         batched = per_example and jnp.ndim(x) == jnp.ndim(y) + 1 and jnp.shape(x)[1:] == jnp.shape(y)
         if jnp.shape(x) != jnp.shape(y) and not batched:
+            where = f" at {jax.tree_util.keystr(path)}" if path else ""
             raise ValueError(
-                f"{name_a} and {name_b} must have the same leaf shapes, but at {jax.tree_util.keystr(path)} "
+                f"{name_a} and {name_b} must have the same leaf shapes, but{where} "
                 f"{name_a} has shape {jnp.shape(x)} and {name_b} has shape {jnp.shape(y)}"
             )
 

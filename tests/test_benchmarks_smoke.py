@@ -78,7 +78,9 @@ def test_meta_describes_machine_versions_and_command(run):
     assert res["meta"]["config"]["quick"] is True and res["meta"]["config"]["mode"] == "quick"
     assert _positive(res["meta"]["duration_s"])
     assert res["meta"]["status"] == "complete" and not res["meta"]["sections_cut"]
-    assert res["meta"]["sections_done"] == ["toy", "logistic", "mlp", "roofline", "update", "leaves", "sweep"]
+    assert res["meta"]["sections_done"] == [
+        "toy", "logistic", "mlp", "transformer", "roofline", "update", "leaves", "sweep"
+    ]
 
 
 def test_toy_problems(run):
@@ -121,6 +123,26 @@ def test_mlp_sweep(run):
         assert r["best_lr"] in r["lr_grid"]
         assert 0.5 < r["test_accuracy"] <= 1.0, opt  # digits: far above chance (10%) after a few epochs
         assert _finite(r["final_train_loss"])
+
+
+def test_transformer_language_model(run):
+    """AdamW (always run) and the low-precision rows train the LM: finite losses that fall; Muon's batched
+    Newton-Schulz equals one call per leaf."""
+    _, _, res = run
+    sec = res["transformer"]
+    rows = sec["results"]
+    assert set(rows) >= {"adamw", "adamw_cosine", "adamw_cosine_bf16_nearest", "adamw_cosine_bf16_stochastic",
+                         "adamw_cosine_bf16_kahan"}, rows.keys()
+    for name, r in rows.items():
+        assert "error" not in r, (name, r)
+        assert _finite(r["final_val_loss"]) and _positive(r["step_s"]), name
+        losses = r["train_loss"]["value"]
+        assert losses[-1] < losses[0], (name, losses)
+    assert 8.0 <= rows["adamw"]["state_bytes_per_param"] < 8.01  # two float32 moments and a count
+    assert 4.0 <= rows["adamw_cosine_bf16_stochastic"]["state_bytes_per_param"] < 4.01  # bfloat16 moments, a key
+    assert _finite(rows["adamw_cosine_bf16_kahan"]["val_loss_vs_float32"])
+    mb = sec["muon_batching"]
+    assert _positive(mb["speedup"]) and mb["max_abs_diff"] < 1e-4, mb
 
 
 def test_roofline(run):
@@ -184,11 +206,12 @@ def test_sweep_vmap_matches_loop(run):
 def test_report_and_plots(run):
     out, proc, res = run
     report = (out / "report.md").read_text()
-    for heading in ("# jaxopt_lite benchmarks", "## toy", "## logistic", "## mlp", "## roofline", "## update",
-                    "## leaves", "## sweep", "## Plots"):
+    for heading in ("# jaxopt_lite benchmarks", "## toy", "## logistic", "## mlp", "## transformer", "## roofline",
+                    "## update", "## leaves", "## sweep", "## Plots"):
         assert heading in report, heading
     expected = [f"trajectories__{p}.png" for p in TOY_PROBLEMS]
-    expected += ["toy_losses.png", "logistic.png", "mlp.png", "speed_vs_params.png", "speed_vs_leaves.png", "sweep.png"]
+    expected += ["toy_losses.png", "logistic.png", "mlp.png", "speed_vs_params.png", "speed_vs_leaves.png", "sweep.png",
+                 "transformer.png", "transformer_low_precision.png"]
     for name in expected:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name

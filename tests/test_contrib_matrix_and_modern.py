@@ -560,3 +560,21 @@ def test_muon_matches_torch_optim_muon_in_float64(adjust_lr_fn, kw):
         u, s2 = opt.update({n: grad(np.asarray(first_two[n]), target[n], k) for n in shapes}, s2, first_two)
         first_two = jol.apply_updates(first_two, u)
     assert not np.allclose(np.asarray(p["wide"]), np.asarray(first_two["wide"]), rtol=1e-6)
+
+
+def test_muon_dimension_numbers_function_of_the_params_sees_no_masked_nodes():
+    """A function written for the params (``leaf.ndim``) works: where AdamW acts it sees a 0-d stand-in."""
+    rng = np.random.default_rng(5)
+    params = {"embed": rng.standard_normal((5, 3)), "hidden": rng.standard_normal((3, 4)), "bias": np.zeros(4)}
+
+    def dims(tree):
+        return {
+            k: jol.contrib.MuonDimensionNumbers() if k == "hidden" and v.ndim == 2 else None for k, v in tree.items()
+        }
+
+    opt = jol.contrib.muon(0.02, muon_weight_dimension_numbers=dims)
+    grads = {k: rng.standard_normal((3,) + np.shape(v)) for k, v in params.items()}
+    ours, _ = run_both(opt, jol.identity(), params, grads)
+    plain_adam, _ = run_both(jol.adamw(0.02, weight_decay=0.0, nesterov=True), jol.identity(), params, grads)
+    assert_close({k: ours[k] for k in ("embed", "bias")}, {k: plain_adam[k] for k in ("embed", "bias")}, 1e-12)
+    assert not np.allclose(ours["hidden"], plain_adam["hidden"])  # orthogonalised, not AdamW's

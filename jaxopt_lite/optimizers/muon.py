@@ -461,11 +461,14 @@ def muon(
     def muon_dim_nums(updates):  # the updates of the "muon" group: MaskedNode where AdamW acts
         if user_dim_nums is None:
             return MuonDimensionNumbers()
-        spec = resolved(updates)
+        # A user function written for the params sees a 0-d stand-in where AdamW acts, not a MaskedNode.
+        masked = lambda x: isinstance(x, MaskedNode)  # noqa: E731
+        stand_in = jax.ShapeDtypeStruct((), jnp.float32)
+        spec = resolved(jax.tree.map(lambda x: stand_in if masked(x) else x, updates, is_leaf=masked))
         if _is_dim_nums(spec):
             return spec
         return jax.tree.map(
-            lambda dn, sub: MaskedNode() if dn is None else dn,
+            lambda dn, sub: MaskedNode() if dn is None or masked(sub) else dn,
             spec,
             updates,
             is_leaf=is_spec,
