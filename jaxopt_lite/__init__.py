@@ -167,6 +167,18 @@ from jaxopt_lite import contrib
 from jaxopt_lite.optimizers.ademamix import ademamix
 from jaxopt_lite.optimizers.adopt import adopt
 from jaxopt_lite.optimizers.muon import muon, scale_by_muon
+from jaxopt_lite.optimizers.shampoo import ShampooState, scale_by_shampoo, shampoo
+from jaxopt_lite.optimizers.soap import SoapState, scale_by_soap, soap
+# CAME and Adam-mini (not in Optax)
+from jaxopt_lite.optimizers.came import CameState, came, scale_by_came
+from jaxopt_lite.optimizers.adam_mini import (
+    AdamMiniPartition,
+    AdamMiniState,
+    adam_mini,
+    adam_mini_partition,
+    adam_mini_row_blocks,
+    scale_by_adam_mini,
+)
 
 # utility namespaces and small transforms
 from jaxopt_lite import assignment, microbatching, projections, tree_utils
@@ -225,6 +237,15 @@ from jaxopt_lite.transforms.low_precision import (
     kahan_summation,
     round_stochastic,
     stochastic_rounding,
+)
+from jaxopt_lite.wrappers.quantize_state import (
+    QuantizedArray,
+    QuantizedState,
+    dequantize_blockwise,
+    dynamic_codebook,
+    max_rounding_error,
+    quantize_blockwise,
+    quantize_state,
 )
 
 # linear algebra (Shampoo's inverse root, the power method, non-negative least squares), perturbations

@@ -11,11 +11,13 @@ identically sharded state.
 """
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, Union, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxopt_lite import tree as _tree
 
@@ -204,11 +206,415 @@ def with_owner(owner: str, tx: GradientTransformation) -> GradientTransformation
     return GradientTransformationExtraArgs(init, update)
 
 
+# --------------------------------------------------------------------------- #
+# Optimizers and schedules as pytrees
+# --------------------------------------------------------------------------- #
+#
+# A factory decorated with ``pytree_factory`` (every alias through ``alias``,
+# ``chain``, the transforms, wrappers and schedules) returns an object that
+# remembers the call that made it. Registered with ``jax.tree_util``, that
+# object is a pytree: its leaves are the float and complex numbers and the
+# arrays among the arguments (recursively through containers and through
+# arguments that are themselves such objects); everything else (ints, bools,
+# strings, None, dtypes, masks, functions that are not such objects) is static
+# aux data, compared by type and value. Unflattening calls the factory again
+# with the new leaves, right away when they are values (numbers, arrays,
+# tracers: it runs inside the trace that made them), and on first use
+# otherwise, so JAX may unflatten with placeholders (``vmap``'s axis specs,
+# ``jax.tree.map`` to anything) without the factory seeing them.
+
+
+def _is_dynamic(x: Any) -> bool:
+    """Whether an argument value is a leaf: a float or complex number (Python or NumPy), or a non-boolean array.
+
+    Python ints are static (counts, periods, sizes and seeds shape the program and
+    feed Python control flow); pass an integer array to trace one. Concrete
+    boolean arrays are static too (flags and masks); traced ones are leaves.
+    """
+    if isinstance(x, (bool, int, np.bool_, np.integer)):
+        return False
+    if isinstance(x, (float, complex, np.floating, np.complexfloating, jax.core.Tracer)):
+        return True
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return not jax.dtypes.issubdtype(x.dtype, np.bool_)
+    return False
+
+
+class _Static:
+    """A static value inside an argument: a pytree node with no children whose aux data is itself.
+
+    Two compare equal when their values have the same type and compare equal
+    (boolean arrays by dtype, shape and contents); a value whose ``==`` fails
+    or is not a plain truth value counts as different.
+    """
+
+    __slots__ = ("_hash", "_key", "value")
+
+    def __init__(self, value: Any):
+        self.value = value
+        key = value
+        if isinstance(value, (np.ndarray, jax.Array)):
+            array = np.asarray(value)
+            key = (array.dtype.str, array.shape, array.tobytes())
+        self._key = key
+        try:
+            self._hash = hash((type(value), key))
+        except TypeError:  # a list, a dict, ...: equal values must hash alike, and the type does
+            self._hash = hash(type(value))
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if type(other) is not _Static or self._hash != other._hash or type(self.value) is not type(other.value):
+            return False
+        if self._key is other._key:
+            return True
+        try:
+            return bool(self._key == other._key)
+        except Exception:  # noqa: BLE001 - an ambiguous comparison: treat as different (a retrace, never a wrong reuse)
+            return False
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"static({self.value!r})"
+
+
+jax.tree_util.register_pytree_node(_Static, lambda s: ((), s), lambda s, _: s)
+
+_RECORDED_TYPES: set = set()
+
+
+def _is_recorded(x: Any) -> bool:
+    return type(x) in _RECORDED_TYPES
+
+
+def _stops(x: Any) -> bool:
+    """Where preparing an argument stops descending: recorded objects, and transformations that are not."""
+    return type(x) in _RECORDED_TYPES or isinstance(x, (GradientTransformation, _Static))
+
+
+def _prepare(value: Any) -> Any:
+    """``value`` with each static leaf wrapped in :class:`_Static`; ``None`` if it holds no leaf and no recorded object."""
+    if type(value) in _RECORDED_TYPES or _is_dynamic(value):
+        return value
+    if value is None or isinstance(value, (bool, int, str, bytes, type, np.dtype)) or callable(value):
+        return None
+    found = False
+
+    def wrap(x):
+        nonlocal found
+        if type(x) in _RECORDED_TYPES or _is_dynamic(x):
+            found = True
+            return x
+        return _Static(x)
+
+    try:
+        prepared = jax.tree.map(wrap, value, is_leaf=_stops)
+    except Exception:  # noqa: BLE001 - not a pytree JAX can rebuild (unsortable dict keys, ...): static as a whole
+        return None
+    return prepared if found else None
+
+
+def _unwrap(child: Any) -> Any:
+    """The argument value a prepared ``child`` (possibly rebuilt by JAX with new leaves) stands for."""
+    if isinstance(child, _Static):
+        return child.value
+    if _is_recorded(child) or _is_dynamic(child):
+        return child
+    return jax.tree.map(
+        lambda x: x.value if isinstance(x, _Static) else x,
+        child,
+        is_leaf=lambda x: isinstance(x, _Static) or type(x) in _RECORDED_TYPES,
+    )
+
+
+class _Aux:
+    """The aux data of a recorded object: which factory, and its static arguments.
+
+    Equal when the factories' keys, the names of the arguments holding leaves,
+    and the static arguments are equal; ``build`` and ``signature`` ride along.
+    """
+
+    __slots__ = ("_hash", "build", "ident", "keys", "name", "names", "signature")
+
+    def __init__(self, key, build, signature, name, names, static):
+        self.build, self.signature, self.name, self.names = build, signature, name, names
+        self.keys = tuple(jax.tree_util.GetAttrKey(n) for n in names)
+        self.ident = (key, names, static)
+        self._hash = hash(self.ident)
+
+    @property
+    def static(self) -> tuple:
+        return self.ident[2]
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (type(other) is _Aux and self._hash == other._hash and self.ident == other.ident)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        static = ", ".join(f"{n}={s.value!r}" for n, s in self.static)
+        return f"{self.name}(<{', '.join(self.names)}>{', ' if static and self.names else ''}{static})"
+
+
+class _Recipe:
+    """How a recorded object was made, and what it holds: the call, or its tree parts; and what the call built."""
+
+    __slots__ = ("_arguments", "_built", "_call", "_parts", "build", "key", "name", "signature")
+
+    def __init__(self, key, build, signature, name, call=None, built=None, parts=None):
+        self.key, self.build, self.signature, self.name = key, build, signature, name
+        self._call, self._built, self._parts, self._arguments = call, built, parts, None
+
+    @classmethod
+    def from_tree(cls, aux: _Aux, children: Any) -> "_Recipe":
+        return cls(aux.ident[0], aux.build, aux.signature, aux.name, parts=(tuple(children), aux))
+
+    def build_if_values(self) -> None:
+        """Builds now if every leaf is a value (a number, an array, a tracer), else leaves it to the first use.
+
+        JAX unflattens where the leaves live (inside the trace that made the tracers), so
+        that is where the factory must run: a value it computes is then of that trace,
+        not of whichever nested trace (``eval_shape``, ``cond``) first touches the
+        result. Placeholders (``vmap``'s axis specs, ``object()``) and a build that
+        fails (values out of range) wait for the first use, which raises if it fails.
+        """
+        for x in jax.tree.leaves(self._parts[0], is_leaf=lambda x: type(x) in _RECORDED_TYPES):
+            if type(x) in _RECORDED_TYPES:
+                if x.__dict__["_pytree"]._built is None:
+                    return
+            elif not isinstance(x, (int, float, complex, np.generic, np.ndarray, jax.Array)):
+                return
+        try:
+            self.get()
+        except Exception:  # noqa: BLE001 - raised again, in the caller's context, when the object is first used
+            self._built = None
+
+    def arguments(self) -> dict:
+        """The factory's arguments by name, defaults included, in the signature's order."""
+        if self._arguments is None:
+            if self._call is not None:
+                args, kwargs = self._call
+                bound = self.signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                self._arguments = dict(bound.arguments)
+            else:
+                children, aux = self._parts
+                values = {n: s.value for n, s in aux.static}
+                values.update(zip(aux.names, map(_unwrap, children)))
+                self._arguments = {n: values[n] for n in self.signature.parameters if n in values}
+        return self._arguments
+
+    def parts(self) -> tuple:
+        """``(children, aux)``: the arguments holding leaves (prepared), and the static rest."""
+        if self._parts is None:
+            names, children, static = [], [], []
+            for name, value in self.arguments().items():
+                prepared = _prepare(value)
+                if prepared is None:
+                    static.append((name, _Static(value)))
+                else:
+                    names.append(name)
+                    children.append(prepared)
+            aux = _Aux(self.key, self.build, self.signature, self.name, tuple(names), tuple(static))
+            self._parts = (tuple(children), aux)
+        return self._parts
+
+    def get(self) -> Any:
+        """What the factory builds from these arguments (built once, on first use)."""
+        if self._built is None:
+            bound = inspect.BoundArguments(self.signature, self.arguments())
+            self._built = self.build(*bound.args, **bound.kwargs)
+        return self._built
+
+    def describe(self) -> str:
+        try:
+            arguments = self.arguments()
+        except Exception:  # noqa: BLE001 - a repr must not fail
+            return f"{self.name}(...)"
+        return f"{self.name}({', '.join(f'{n}={v!r}' for n, v in arguments.items())})"
+
+
+def _flatten(node: Any) -> tuple:
+    return node.__dict__["_pytree"].parts()
+
+
+def _flatten_with_keys(node: Any) -> tuple:
+    children, aux = node.__dict__["_pytree"].parts()
+    return tuple(zip(aux.keys, children)), aux
+
+
+def register_recorded(cls: type, from_recipe: Callable[[_Recipe], Any]) -> None:
+    """Registers ``cls``, whose instances keep a :class:`_Recipe` in ``__dict__["_pytree"]``, as a pytree.
+
+    ``from_recipe(recipe)`` makes an instance from a recipe of tree parts; it
+    must not validate or compute with the leaves (they may be placeholders).
+    """
+    _RECORDED_TYPES.add(cls)
+
+    def unflatten(aux, children):
+        recipe = _Recipe.from_tree(aux, children)
+        node = from_recipe(recipe)
+        recipe.build_if_values()
+        return node
+
+    jax.tree_util.register_pytree_with_keys(cls, _flatten_with_keys, unflatten, flatten_func=_flatten)
+
+
+class _Recorded:
+    """Made by a :func:`pytree_factory`: the factory's arguments read as attributes (``jol.adam(0.1).learning_rate``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        recipe = self.__dict__.get("_pytree")
+        arguments = recipe.arguments() if recipe is not None else {}
+        if name in arguments:
+            return arguments[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return self.__dict__["_pytree"].describe()
+
+
+class _Deferred:
+    """``init`` or ``update`` of a lazily rebuilt transformation, built on first call."""
+
+    __slots__ = ("name", "recipe")
+
+    def __init__(self, recipe: _Recipe, name: str):
+        self.recipe, self.name = recipe, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.recipe.get(), self.name)(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<{self.name} of {self.recipe.name}>"
+
+
+class _TransformationMixin(_Recorded):
+    """``init``/``update`` (and iteration, indexing) go to what the factory built, built on first use if lazy."""
+
+    @property
+    def init(self) -> Any:
+        return self.__dict__["_pytree"].get().init
+
+    @property
+    def update(self) -> Any:
+        return self.__dict__["_pytree"].get().update
+
+    def __iter__(self):
+        built = self.__dict__["_pytree"].get()
+        return iter((built.init, built.update))
+
+    def __getitem__(self, index: Any) -> Any:
+        return tuple(self)[index]
+
+    def _replace(self, **changes: Any) -> GradientTransformation:
+        """A plain transformation with fields replaced (no longer a record of the factory's call)."""
+        return self._plain(*self)._replace(**changes)
+
+
+class _Transformation(_TransformationMixin, GradientTransformation):
+    _plain = GradientTransformation
+
+
+class _TransformationExtraArgs(_TransformationMixin, GradientTransformationExtraArgs):
+    _plain = GradientTransformationExtraArgs
+
+
+class _Schedule(_Recorded):
+    """A schedule made by a :func:`pytree_factory`: calls go to the function it built."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__dict__["_pytree"].get()(*args, **kwargs)
+
+
+def _lazy_transformation(cls: type) -> Callable[[_Recipe], Any]:
+    def make(recipe):
+        node = tuple.__new__(cls, (_Deferred(recipe, "init"), _Deferred(recipe, "update")))
+        node.__dict__["_pytree"] = recipe
+        return node
+
+    return make
+
+
+def _lazy_schedule(recipe: _Recipe) -> _Schedule:
+    node = object.__new__(_Schedule)
+    node.__dict__["_pytree"] = recipe
+    return node
+
+
+register_recorded(_Transformation, _lazy_transformation(_Transformation))
+register_recorded(_TransformationExtraArgs, _lazy_transformation(_TransformationExtraArgs))
+register_recorded(_Schedule, _lazy_schedule)
+
+
+def _record(result: Any, recipe: _Recipe) -> Any:
+    """``result`` as a recorded object (a transformation or a schedule); anything else as it is."""
+    if isinstance(result, GradientTransformationExtraArgs):
+        node = tuple.__new__(_TransformationExtraArgs, (result.init, result.update))
+    elif isinstance(result, GradientTransformation):
+        node = tuple.__new__(_Transformation, (result.init, result.update))
+    elif callable(result) and not hasattr(result, "init"):
+        node = object.__new__(_Schedule)
+    else:
+        return result
+    recipe._built = result
+    node.__dict__["_pytree"] = recipe
+    return node
+
+
+def _recording(
+    build: Callable, *, key: Any, signature: inspect.Signature, wrapped: Callable, name: str | None = None
+) -> Callable:
+    """``wrapped``'s public face: calls ``build`` and records the call (``key`` identifies the factory)."""
+    name = name or getattr(wrapped, "__name__", "factory")
+
+    @functools.wraps(wrapped)
+    def factory(*args, **kwargs):
+        return _record(build(*args, **kwargs), _Recipe(key, build, signature, name, call=(args, kwargs)))
+
+    return factory
+
+
+def pytree_factory(fn: Callable) -> Callable:
+    """Decorates a factory of transformations or schedules so that what it returns is a pytree.
+
+    The leaves are the float and complex numbers and the arrays among the
+    factory's arguments (defaults included), found recursively through
+    tuples, lists, dicts and arguments that are themselves such pytrees; the
+    key of each is the argument's name (``jax.tree_util.keystr`` gives e.g.
+    ``.transforms[1].learning_rate.peak_value``). Python ints and bools,
+    strings, ``None``, dtypes, masks, and functions that are not such pytrees
+    (a ``lambda`` schedule) are static: part of the tree structure, compared by
+    value (functions by identity). Python ints stay static because they are
+    counts, periods, sizes and seeds that shape the program and feed Python
+    control flow (``range(k)``, ``if warmup == 0``); pass an integer array to
+    trace one. Unflattening calls the factory again with the new leaves (where
+    the leaves live, or at first use for placeholders), without validating
+    traced values; so passing an optimizer to a jitted function traces it once
+    for all values of its float hyperparameters, and ``jax.vmap`` can map over
+    a stacked batch of optimizers (:func:`jaxopt_lite.sweeps.stack`).
+
+    The result keeps its type's behaviour: an instance of
+    :class:`GradientTransformation` (or ``...ExtraArgs``) with ``init`` and
+    ``update``, or a callable schedule; the factory's arguments read as
+    attributes.
+    """
+    return _recording(fn, key=fn, signature=inspect.signature(fn), wrapped=fn)
+
+
 def alias(constructor: Callable[..., GradientTransformation]) -> Callable[..., GradientTransformationExtraArgs]:
-    """Decorates an optimizer's constructor so that its errors, at construction and in ``update``, name it."""
+    """Decorates an optimizer's constructor so that its errors, at construction and in ``update``, name it.
+
+    The optimizer it returns is also a pytree of its numeric hyperparameters (see :func:`pytree_factory`).
+    """
     owner = constructor.__name__
 
-    @functools.wraps(constructor)
     def build(*args, **kwargs):
         try:
             tx = constructor(*args, **kwargs)
@@ -219,9 +625,10 @@ def alias(constructor: Callable[..., GradientTransformation]) -> Callable[..., G
             raise renamed from error
         return with_owner(owner, tx)
 
-    return build
+    return _recording(build, key=build, signature=inspect.signature(constructor), wrapped=constructor)
 
 
+@pytree_factory
 def identity() -> GradientTransformation:
     """Returns the updates unchanged: ``u -> u``."""
 
@@ -236,6 +643,7 @@ def identity() -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def set_to_zero() -> GradientTransformation:
     """Replaces every update by zeros: ``u -> 0`` (used to freeze parameters)."""
 
@@ -250,6 +658,7 @@ def set_to_zero() -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
     """A transformation ``u -> f(u, params)`` with no state."""
 
@@ -263,6 +672,7 @@ def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransfo
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def stateless_with_tree_map(f: Callable[[jax.Array, jax.Array | None], jax.Array]) -> GradientTransformation:
     """A transformation applying ``f(u_leaf, param_leaf)`` to every leaf, with no state."""
 
@@ -275,6 +685,7 @@ def stateless_with_tree_map(f: Callable[[jax.Array, jax.Array | None], jax.Array
     return stateless(apply)
 
 
+@pytree_factory
 def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArgs:
     """Applies ``transforms`` in order; the state is the tuple of their states.
 
@@ -309,6 +720,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
     return GradientTransformationExtraArgs(init, update)
 
 
+@pytree_factory
 def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformationExtraArgs:
     """Like :func:`chain`, but the state is a dict keyed by the given names."""
     names = [name for name, _ in transforms]

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformationExtraArgs, Params, Updates
+from jaxopt_lite.base import GradientTransformationExtraArgs, Params, Updates, pytree_factory
 
 # --------------------------------------------------------------------------------------------------
 # Shared helpers
@@ -117,6 +117,7 @@ class ScaleByBacktrackingLinesearchState(NamedTuple):
     info: BacktrackingLinesearchInfo
 
 
+@pytree_factory
 def scale_by_backtracking_linesearch(
     max_backtracking_steps: int | jax.Array,
     slope_rtol: float | jax.Array = 1e-4,
@@ -307,6 +308,7 @@ def _quadratic_minimizer(a, fa, fpa, b, fb):
     return a - fpa / (2.0 * curvature)
 
 
+@pytree_factory
 def scale_by_zoom_linesearch(
     max_linesearch_steps: int | jax.Array,
     max_learning_rate: float | jax.Array | None = None,

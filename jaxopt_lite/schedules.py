@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxopt_lite import _checks
-from jaxopt_lite.base import Schedule
+from jaxopt_lite.base import Schedule, pytree_factory
 
 __all__ = [
     "constant_schedule",
@@ -351,6 +351,7 @@ def _cosine(init_value, decay_steps, alpha, exponent) -> Schedule:
 # --------------------------------------------------------------------------- #
 
 
+@pytree_factory
 @_refuse_non_finite("value")
 def constant_schedule(value: ArrayLike) -> Schedule:
     """A schedule that always returns ``value``: :math:`v(t) = v`.
@@ -369,6 +370,7 @@ def constant_schedule(value: ArrayLike) -> Schedule:
     return schedule
 
 
+@pytree_factory
 @_refuse_non_finite("init_value", "end_value")
 def polynomial_schedule(
     init_value: ArrayLike,
@@ -423,6 +425,7 @@ def _polynomial(init_value, end_value, power, transition_steps, transition_begin
     return schedule
 
 
+@pytree_factory
 @_refuse_non_finite("init_value", "end_value")
 def linear_schedule(
     init_value: ArrayLike,
@@ -464,6 +467,7 @@ def linear_schedule(
 # --------------------------------------------------------------------------- #
 
 
+@pytree_factory
 @_refuse_non_finite("init_value", "end_value")
 def exponential_decay(
     init_value: ArrayLike,
@@ -506,6 +510,7 @@ def exponential_decay(
     return _exponential(init_value, transition_steps, decay_rate, transition_begin, staircase, end_value)
 
 
+@pytree_factory
 @_refuse_non_finite("init_value", "end_value")
 def natural_exp_decay(
     init_value: ArrayLike,
@@ -559,6 +564,7 @@ def natural_exp_decay(
     )
 
 
+@pytree_factory
 @_refuse_non_finite("init_value", "end_value")
 def inverse_time_decay(
     init_value: ArrayLike,
@@ -616,6 +622,7 @@ def inverse_time_decay(
 # --------------------------------------------------------------------------- #
 
 
+@pytree_factory
 @_refuse_non_finite("init_value")
 def piecewise_constant_schedule(
     init_value: ArrayLike, boundaries_and_scales: Mapping[int, ArrayLike] | None = None
@@ -653,6 +660,7 @@ def piecewise_constant_schedule(
     return schedule
 
 
+@pytree_factory
 @_refuse_non_finite("init_value")
 def piecewise_interpolate_schedule(
     interpolate_type: str,
@@ -697,6 +705,7 @@ def piecewise_interpolate_schedule(
 # --------------------------------------------------------------------------- #
 
 
+@pytree_factory
 @_refuse_non_finite("init_value", "alpha")
 def cosine_decay_schedule(
     init_value: ArrayLike,
@@ -738,6 +747,7 @@ def cosine_decay_schedule(
     return _cosine(init_value, decay_steps, alpha, exponent)
 
 
+@pytree_factory
 def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[ArrayLike]) -> Schedule:
     r"""Runs ``schedules`` one after the other.
 
@@ -785,6 +795,7 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[ArrayLike
     return schedule
 
 
+@pytree_factory
 @_refuse_non_finite("init_value", "peak_value")
 def warmup_constant_schedule(init_value: ArrayLike, peak_value: ArrayLike, warmup_steps: ArrayLike) -> Schedule:
     r"""Linear warmup from ``init_value`` to ``peak_value``, then constant.
@@ -818,6 +829,7 @@ def warmup_constant_schedule(init_value: ArrayLike, peak_value: ArrayLike, warmu
     )
 
 
+@pytree_factory
 @_refuse_non_finite("init_value", "peak_value", "end_value")
 def warmup_cosine_decay_schedule(
     init_value: ArrayLike,
@@ -901,6 +913,7 @@ def _cooldown(peak_value, end_value, decay_steps, decay_type: str) -> Schedule:
     return schedule
 
 
+@pytree_factory
 @_refuse_non_finite("init_value", "peak_value", "end_value")
 def warmup_stable_decay_schedule(
     peak_value: ArrayLike,
@@ -965,6 +978,7 @@ def warmup_stable_decay_schedule(
     )
 
 
+@pytree_factory
 @_refuse_non_finite("init_value", "peak_value", "end_value")
 def warmup_exponential_decay_schedule(
     init_value: ArrayLike,
@@ -1028,6 +1042,7 @@ def _check_onecycle(owner: str, transition_steps: Any, pct_start: Any, div_facto
     _checks.check_positive(owner, "final_div_factor", final_div_factor)
 
 
+@pytree_factory
 @_refuse_non_finite("peak_value")
 def linear_onecycle_schedule(
     transition_steps: ArrayLike,
@@ -1083,6 +1098,7 @@ def linear_onecycle_schedule(
     return _interpolated("linear", peak_value / div_factor, boundaries, scales)
 
 
+@pytree_factory
 @_refuse_non_finite("peak_value")
 def cosine_onecycle_schedule(
     transition_steps: ArrayLike,
@@ -1126,6 +1142,7 @@ def cosine_onecycle_schedule(
     return _interpolated("cosine", peak_value / div_factor, boundaries, scales)
 
 
+@pytree_factory
 def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, ArrayLike]]) -> Schedule:
     r"""Stochastic gradient descent with warm restarts: consecutive cycles of
     :func:`warmup_cosine_decay_schedule`.

@@ -27,6 +27,13 @@ belongs to no parameter. A leaf of a parameter ``p`` with spec ``S`` gets, by it
   history): the sharding of a ``p``-shaped leaf on the trailing axes, the leading axes unsharded;
 - any other shape: replicated.
 
+A leaf quantized by :func:`~jaxopt_lite.quantize_state` (a ``QuantizedArray`` node: codes and
+scales) takes the sharding its dequantized leaf would take by these rules (``T``, with ``zero_axis``
+too) on the axes it keeps: 8-bit codes have the leaf's shape and take ``T``; 4-bit codes and the
+scales keep the leading axes before the block axis (``T`` on them), and take ``T``'s entry for the
+block axis only when each device's part of it holds whole bytes (4-bit codes) or whole blocks (scales)
+and no later axis is sharded; otherwise that axis is not split.
+
 A leaf that belongs to no parameter is replicated.
 
 ZeRO-1 (``zero_axis="data"``). Each ``p``-shaped leaf (and each stack of them) is also split over
@@ -82,6 +89,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec, Sharding
 
 from jaxopt_lite import tree as _tree
+from jaxopt_lite.wrappers.quantize_state import QuantizedArray
 
 __all__ = ["init_sharded", "state_shardings"]
 
@@ -139,6 +147,25 @@ def _reduced(sharding: NamedSharding, shape: tuple[int, ...], stat: tuple[int, .
     if not candidates or any(c != candidates[0] for c in candidates):
         return None
     return candidates[0]
+
+
+def _quantized(q: QuantizedArray, sharding: NamedSharding) -> QuantizedArray:
+    """The shardings of a quantized leaf's codes and scales, from ``sharding``, that of the leaf it holds."""
+    shape, j = q.shape, q.block_axis
+    if not shape:
+        return QuantizedArray(sharding, _named(sharding, []), shape, q.dtype, q.bits, q.block_size, q.signed)
+    entries = _entries(sharding, len(shape))
+    names = _axis_names(entries[j])
+    parts = int(np.prod([sharding.mesh.shape[n] for n in names]))
+    per_device = int(np.prod(shape[j:])) // parts
+    whole = bool(names) and all(e is None for e in entries[j + 1:]) and shape[j] % parts == 0
+
+    def block_axis(unit: int) -> list:
+        return entries[:j] + [entries[j] if whole and per_device % unit == 0 else None]
+
+    codes = sharding if q.bits == 8 else _named(sharding, block_axis(2))
+    return QuantizedArray(codes, _named(sharding, block_axis(q.block_size)), shape, q.dtype, q.bits, q.block_size,
+                          q.signed)
 
 
 def _check_params(params: Any, param_shardings: Any, zero_axis: Any) -> Any:
@@ -203,6 +230,7 @@ def state_shardings(
     - a statistic reduced from its parameter over some axes (Adafactor's factors, SM3's
       accumulators) gets the parameter's spec without those axes, when they can be told apart;
     - a stack of parameter-shaped buffers gets the parameter's spec on its trailing axes;
+    - a leaf quantized by ``quantize_state`` (codes and scales) follows the parameter on the axes it keeps;
     - everything else (counts, scalars, hyperparameters, keys) is replicated, ``NamedSharding(mesh, P())``.
 
     ``zero_axis`` (ZeRO-1): parameter-shaped leaves are also split over that mesh axis (or tuple of
@@ -235,6 +263,8 @@ def state_shardings(
                     for shape, sharding in zip(shapes, param_shardings_flat)]
 
     def of_param(i: int, leaf: Any) -> NamedSharding:
+        if isinstance(leaf, QuantizedArray):  # quantize_state's codes and scales follow the leaf they hold
+            return _quantized(leaf, of_param(i, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)))
         shape, stat = shapes[i], _shape(leaf)
         if stat == shape:
             return param_states[i]
@@ -248,7 +278,9 @@ def state_shardings(
 
     def per_parameter(node: Any) -> Any:
         parts = params_def.flatten_up_to(node)
-        return params_def.unflatten([jax.tree.map(lambda x, i=i: of_param(i, x), part) for i, part in enumerate(parts)])
+        return params_def.unflatten([jax.tree.map(lambda x, i=i: of_param(i, x), part,
+                                                  is_leaf=lambda x: isinstance(x, QuantizedArray))
+                                     for i, part in enumerate(parts)])
 
     def has_params_prefix(node: Any) -> bool:
         try:

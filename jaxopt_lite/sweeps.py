@@ -9,7 +9,10 @@ such dicts and runs them:
 * :func:`random_search` — ``n`` independent draws from :func:`uniform`,
   :func:`log_uniform` or :func:`choice` distributions;
 * :func:`run_sweep` — ``jax.jit(jax.vmap(train))(hparams)``, optionally in
-  chunks to bound memory.
+  chunks to bound memory;
+* :func:`stack` — a list of optimizers (or schedules) of one structure as one
+  optimizer whose hyperparameters have a leading batch axis, to pass to
+  ``jax.vmap`` or :func:`run_sweep`.
 
 Example::
 
@@ -45,6 +48,7 @@ __all__ = [
     "log_uniform",
     "random_search",
     "run_sweep",
+    "stack",
     "sweep_size",
     "uniform",
 ]
@@ -261,3 +265,36 @@ def run_sweep(
 
     fn = jax.jit(batched) if jit else batched
     return fn(hparams, *args)
+
+
+def stack(items: Sequence[Any]) -> Any:
+    """Stacks pytrees of one structure along a new leading axis: a batch of optimizers as one.
+
+    Optimizers, schedules and wrappers built by this library are pytrees of
+    their numeric hyperparameters, so ``stack([adam(1e-3), adam(1e-2),
+    adam(1e-1)])`` is one ``adam`` whose leaves (``learning_rate``, ``b1``, ...)
+    have shape ``(3,)``. ``jax.vmap`` over it, or ``run_sweep(train, stacked,
+    ...)`` with ``train(opt, ...)`` building nothing, runs all members as one
+    program. The static parts (ints such as step counts, bools, strings,
+    functions) must be the same in every item: they are the structure.
+
+    Python floats are stacked as arrays of the default float dtype, weakly typed
+    as the floats were, so a batched member computes in the dtype its
+    unbatched self would.
+
+    Raises:
+      ValueError: if ``items`` is empty or two items differ in structure (the
+        message shows both structures).
+    """
+    items = list(items)
+    if not items:
+        raise ValueError("stack: give at least one item")
+    structure = jax.tree.structure(items[0])
+    for i, item in enumerate(items[1:], start=1):
+        other = jax.tree.structure(item)
+        if other != structure:
+            raise ValueError(
+                f"stack: item {i} differs in structure from item 0 (another optimizer, or a static argument such "
+                f"as an int, a bool, a string or a function that differs):\n  item 0: {structure}\n  item {i}: {other}"
+            )
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *items)

@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformationExtraArgs, Params, Updates
+from jaxopt_lite.base import GradientTransformationExtraArgs, Params, Updates, pytree_factory
 
 __all__ = [
     "EarlyStopping",
@@ -271,6 +271,7 @@ def _float_dtypes(params: Params):
     return lowest, highest
 
 
+@pytree_factory
 def reduce_on_plateau(
     factor: float | jax.Array = 0.1,
     patience: int | jax.Array = 10,

@@ -60,6 +60,11 @@ def _signed_magnitudes(params, exponent, seed):
 # Mechanic squares an inner product of gradients and past steps (~|g|**2 * lr * n): above ~1e9 it
 # overflows float32 and its state saturates to inf (README, "Errors and numerics").
 SQUARES_INNER_PRODUCTS = {"mechanize_sgd"}
+# SOAP's second call is Adam's sign-like first step in the eigenbasis of G_1 G_1^T: an ulp of the gradient turns
+# its eigenvectors by ulp / (relative eigengap), and in the factor's null space the rotated gradient is rounding
+# noise that eps = 1e-8 does not mask. Gradients clipped in float32 and in float64 then take steps that differ
+# far beyond 2e-4 (a property of the algorithm: tests/test_soap.py compares it in float64).
+BASIS_SENSITIVE = {"soap"}
 
 
 @SETTINGS
@@ -79,6 +84,7 @@ def test_gradients_from_subnormal_to_huge_give_finite_updates(name, spec, seed, 
 @given(name=st.sampled_from(NAMES), seed=st.integers(0, 2**31 - 1), magnitude=st.sampled_from([1e30, 1e37, 3e38]))
 def test_gradients_near_the_float32_maximum_are_clipped_along_their_direction(name, seed, magnitude):
     """``clip_by_global_norm`` first: the norm overflows float32, the clipped direction must not."""
+    assume(name not in BASIS_SENSITIVE)
     rng = np.random.default_rng(seed)
     params = {"w": jnp.asarray(rng.standard_normal((3, 2)), jnp.float32), "b": jnp.asarray(rng.standard_normal(2),
                                                                                               jnp.float32)}

@@ -116,10 +116,10 @@ def test_compiled_step_does_not_grow_with_leaf_count():
     n_fused = _fusion_count(opt, jol.fuse(many))
     n_tree = _fusion_count(opt, many)
     assert n_fused == n_one
-    # What the fused layout saves: every extra leaf of the tree adds kernels of its own (about 5: the
-    # norm's squares and their reduction, moments and update; the overflow branch's rescaled sums),
+    # What the fused layout saves: every extra leaf of the tree adds kernels of its own (about 4: the
+    # norm's squares and their reduction, moments and update; the overflow branch reduces all leaves at once),
     # while the fused program stays at n_one however many leaves it holds.
-    assert (n_tree - n_one) / (len(many) - 1) >= 4
+    assert (n_tree - n_one) / (len(many) - 1) >= 3.5
 
 
 def test_donated_fused_step_runs_in_place():
@@ -215,6 +215,10 @@ REFUSES_FUSED = {
     "sm3": "sm3",  # one accumulator per slice of each axis
     "muon": "muon",  # orthogonalises each matrix
     "galore": "galore",  # projects each matrix
+    "shampoo": "shampoo",  # Kronecker factors of each matrix
+    "soap": "soap",
+    "came": "came",  # factored second moment and instability of each matrix, RMS clipping per leaf
+    "adam_mini": "adam_mini",  # one second moment per leaf (or per block of a leaf)
     "mars_adamw": "mars_adamw",  # c_t clipped by each tensor's own norm
     "cautious_adamw": "cautious_adamw",  # the mask's mean is per tensor
     "cautious_lion": "cautious_lion",

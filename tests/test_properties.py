@@ -233,6 +233,26 @@ OPTIMIZERS = {
         {"weight_decay": 0.01, "update_interval": 2},
         ("learning_rate", "b1", "b2", "eps", "gamma", "clip_threshold", "weight_decay"),
     ),
+    # --- shampoo, soap (Kronecker-factored; soap's bases refreshed every step so shampoo_beta acts in 3 steps) ---
+    "shampoo": (
+        jol.shampoo,
+        {"weight_decay": 0.01},
+        ("learning_rate", "b1", "beta2", "matrix_eps", "graft_beta2", "graft_eps", "weight_decay"),
+    ),
+    "soap": (
+        jol.soap,
+        {"precondition_frequency": 1},
+        ("learning_rate", "b1", "b2", "shampoo_beta", "eps", "weight_decay"),
+    ),
+    # --- end shampoo, soap ---
+    # --- came, adam_mini ---
+    "came": (
+        jol.came,
+        {"weight_decay": 0.01},
+        ("learning_rate", "b1", "b2", "b3", "eps1", "eps2", "clip_threshold", "weight_decay"),
+    ),
+    "adam_mini": (jol.adam_mini, {"weight_decay": 0.01}, ("learning_rate", "b1", "b2", "eps", "weight_decay")),
+    # --- end came, adam_mini ---
     "chain_clip_adam_schedule": (
         _clip_adam_schedule,
         {},
@@ -286,6 +306,13 @@ SWEEP = {
     "scaling": [0.5, 1.0, 2.0],  # polyak_sgd
     "f_min": [-1.0, -0.1, 0.0],
     "clip_threshold": [0.1, 1.0, 10.0],  # sophia
+    "beta2": [0.9, 0.99, 1.0],  # shampoo's factors (1: summed)
+    "matrix_eps": [1e-8, 1e-6, 1e-2],
+    "graft_beta2": [0.9, 0.99, 0.999],
+    "graft_eps": [1e-8, 1e-4, 1e-1],
+    "shampoo_beta": [0.9, 0.95, 0.99],  # soap
+    "eps1": [1e-30, 1e-8, 1e-1],  # came: added to g^2
+    "eps2": [1e-16, 1e-8, 1e-1],  # came: added to the instability (u - m)^2
 }
 STEP_COUNT_HPS = {"warmup_steps", "decay_steps"}
 # The value a one-at-a-time sweep changes a hyperparameter to: SWEEP[hp][2], unless that

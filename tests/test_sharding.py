@@ -321,6 +321,8 @@ FEW_CHECKED_STATE_LEAVES = {
 FLOAT32_STATE_BY_DESIGN = {
     "adafactor_momentum_wd": (("ema",), "the momentum is kept in dtype_momentum, float32 by default (as Optax)"),
     "ldog": (("max_dist", "grad_sum_of_squares"), "its two scalars per array are kept in at least float32"),
+    "shampoo": (("stats", "roots"), "Kronecker factors and their inverse roots: eigh needs at least float32"),
+    "soap": (("factors", "bases"), "Kronecker factors and their eigenbases: eigh and QR need at least float32"),
 }
 
 

@@ -12,6 +12,8 @@ from jaxopt_lite.optimizers.ademamix import (
 from jaxopt_lite.optimizers.adopt import adopt, scale_by_adopt
 from jaxopt_lite.optimizers.galore import GaLoreDimensionNumbers, GaLoreState, galore, scale_by_galore
 from jaxopt_lite.optimizers.muon import MuonDimensionNumbers, MuonState, muon, scale_by_muon
+from jaxopt_lite.optimizers.shampoo import ShampooState, scale_by_shampoo, shampoo
+from jaxopt_lite.optimizers.soap import SoapState, scale_by_soap, soap
 from jaxopt_lite.optimizers.sam import NormalizeState, SAMState, normalize, sam
 
 # L-BFGS

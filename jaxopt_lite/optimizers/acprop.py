@@ -11,7 +11,14 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    pytree_factory,
+)
 from jaxopt_lite.transforms.adaptive import ScaleByAdamState
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
@@ -19,6 +26,7 @@ from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 Scalar = float | jax.Array
 
 
+@pytree_factory
 def scale_by_acprop(
     b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-16, eps_root: Scalar = 1e-16
 ) -> GradientTransformation:

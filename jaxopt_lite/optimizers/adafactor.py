@@ -12,7 +12,14 @@ import numpy as np
 
 from jaxopt_lite import _checks, numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    pytree_factory,
+)
 from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.block_scaling import clip_by_block_rms, scale_by_param_block_rms
 from jaxopt_lite.transforms.momentum import ema
@@ -58,6 +65,7 @@ def _placeholder(dtype: Any) -> jax.Array:
     return jnp.zeros((1,), dtype)
 
 
+@pytree_factory
 def scale_by_factored_rms(
     factored: bool = True,
     decay_rate: float | jax.Array = 0.8,

@@ -9,7 +9,14 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks, numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    pytree_factory,
+)
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -27,6 +34,7 @@ class ScaleByAdanState(NamedTuple):
     t: jax.Array
 
 
+@pytree_factory
 def scale_by_adan(
     b1: float | jax.Array = 0.98,
     b2: float | jax.Array = 0.92,

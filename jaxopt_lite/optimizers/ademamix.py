@@ -13,7 +13,14 @@ import jax
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    pytree_factory,
+)
 from jaxopt_lite.numerics import safe_div as _safe_div
 from jaxopt_lite.numerics import safe_sqrt as _safe_sqrt
 from jaxopt_lite.transforms.regularization import add_decayed_weights
@@ -50,6 +57,7 @@ def _check_scheduled(owner: str, name: str, value: Any, check) -> None:
         check(owner, name, value)
 
 
+@pytree_factory
 def scale_by_ademamix(
     b1: Scalar = 0.9,
     b2: Scalar = 0.999,
@@ -134,6 +142,7 @@ def ademamix(
     )
 
 
+@pytree_factory
 def scale_by_simplified_ademamix(
     b1: Scalar = 0.99,
     b2: Scalar = 0.95,

@@ -10,7 +10,14 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    pytree_factory,
+)
 from jaxopt_lite.transforms.adaptive import ScaleByAdamState
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -21,6 +28,7 @@ def _quarter_power(count: jax.Array) -> jax.Array:
     return count**0.25
 
 
+@pytree_factory
 def scale_by_adopt(
     b1: Scalar = 0.9,
     b2: Scalar = 0.9999,

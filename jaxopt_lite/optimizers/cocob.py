@@ -12,7 +12,14 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    pytree_factory,
+)
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -30,6 +37,7 @@ class COCOBState(NamedTuple):
     reward: Any
 
 
+@pytree_factory
 def scale_by_cocob(alpha: Scalar = 100.0, eps: Scalar = 1e-8) -> GradientTransformation:
     """COCOB-Backprop's coin betting, per coordinate (the output moves ``x`` to the new bet)::
 

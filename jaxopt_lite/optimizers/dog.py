@@ -20,6 +20,7 @@ from jaxopt_lite.base import (
     alias,
     chain,
     identity,
+    pytree_factory,
 )
 from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.regularization import add_decayed_weights
@@ -47,6 +48,7 @@ class DoGState(NamedTuple):
     sum_sq_norm_grads: jax.Array
 
 
+@pytree_factory
 def scale_by_dog(init_step: InitStep, eps: Scalar = 1e-8) -> GradientTransformation:
     """DoG's step size, applied to the updates (a positive multiple of them)::
 
@@ -128,6 +130,7 @@ class DoWGState(NamedTuple):
     estim_sq_dist: jax.Array
 
 
+@pytree_factory
 def scale_by_dowg(init_estim_sq_dist: Scalar | None = None, eps: Scalar = 1e-4) -> GradientTransformation:
     """DoWG's step size, applied to the updates::
 
@@ -188,6 +191,7 @@ class ScaleByDistanceOverGradientsState(NamedTuple):
     init_params: Any
 
 
+@pytree_factory
 def scale_by_distance_over_gradients(
     reps_rel: Scalar = 1e-6, eps: Scalar = 1e-8, param_dtype: Any = jnp.float32, global_scale: Scalar = 1.0
 ) -> GradientTransformation:

@@ -17,7 +17,14 @@ import numpy as np
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    pytree_factory,
+)
 from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.adaptive import scale_by_adam
 from jaxopt_lite.transforms.regularization import add_decayed_weights
@@ -78,6 +85,7 @@ def _from_matrix(m: jax.Array, view: _View, shape: tuple[int, ...]) -> jax.Array
     return m.reshape(permuted).transpose(tuple(int(a) for a in np.argsort(view.transpose)))
 
 
+@pytree_factory
 def scale_by_galore(
     rank: int = 128,
     update_proj_gap: int | jax.Array = 200,

@@ -37,6 +37,7 @@ from jaxopt_lite.base import (
     alias,
     chain,
     identity,
+    pytree_factory,
 )
 from jaxopt_lite.linesearch import scale_by_zoom_linesearch
 from jaxopt_lite.transforms.scaling import scale, scale_by_learning_rate
@@ -92,6 +93,7 @@ def _inverse_hessian_product(
     return r
 
 
+@pytree_factory
 def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> GradientTransformation:
     r"""The L-BFGS direction: the updates multiplied by a limited-memory inverse-Hessian estimate.
 

@@ -11,7 +11,14 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    pytree_factory,
+)
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 
 Scalar = float | jax.Array
@@ -26,6 +33,7 @@ class MadgradState(NamedTuple):
     x0: Any
 
 
+@pytree_factory
 def scale_by_madgrad(
     learning_rate: ScalarOrSchedule, momentum: Scalar = 0.9, eps: Scalar = 1e-6
 ) -> GradientTransformation:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain, pytree_factory
 from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.adaptive import scale_by_adam
 from jaxopt_lite.transforms.clipping import clip_by_global_norm, clip_by_norm
@@ -42,6 +42,7 @@ def _clip_to_norm(tree: Any, max_norm: Any, per_leaf: bool) -> Any:
     return clip.update(tree, clip.init(tree))[0]
 
 
+@pytree_factory
 def scale_by_mars(
     b1: Scalar = 0.95,
     gamma: Scalar = 0.025,

@@ -30,6 +30,7 @@ from jaxopt_lite.base import (
     ScalarOrSchedule,
     alias,
     chain,
+    pytree_factory,
 )
 from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.adaptive import _nesterov_first_moment
@@ -288,6 +289,7 @@ def _orthogonalize_tree(owner: str, tree: Any, dim_nums: list, orthogonalize: Ca
     return jax.tree.unflatten(treedef, out)
 
 
+@pytree_factory
 def scale_by_muon(
     ns_coeffs: Any = _JORDAN_COEFFS,
     ns_steps: int | jax.Array = 5,

@@ -15,7 +15,14 @@ import numpy as np
 
 from jaxopt_lite import _checks, numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    pytree_factory,
+)
 from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -42,6 +49,7 @@ def _check_novograd(owner: str, b1: Any, b2: Any, eps: Any, eps_root: Any, weigh
         _checks.check_nonnegative(owner, "weight_decay", weight_decay)
 
 
+@pytree_factory
 def scale_by_novograd(
     b1: float | jax.Array = 0.9,
     b2: float | jax.Array = 0.25,

@@ -16,7 +16,14 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    pytree_factory,
+)
 from jaxopt_lite.transforms.adaptive import scale_by_adam
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -36,6 +43,7 @@ def _check_coefficients(owner: str, **coefficients: Any) -> None:
         _checks.check_nonnegative(owner, name, value)
 
 
+@pytree_factory
 def scale_by_optimistic_gradient(
     alpha: float | jax.Array = 1.0,
     beta: float | jax.Array = 1.0,

@@ -16,7 +16,7 @@ import numpy as np
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.aliases import sgd
-from jaxopt_lite.base import EmptyState, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import EmptyState, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain, pytree_factory
 
 _VARIANTS = ("sps", "sps+")
 _TINY = float(np.finfo(np.float64).eps)  # Optax's threshold on ||g||^2 + eps, whatever the dtype
@@ -30,6 +30,7 @@ def _check_polyak(owner: str, f_min, max_learning_rate, eps, variant) -> None:
         raise ValueError(f"{owner}: variant must be 'sps' or 'sps+', got {variant!r}")
 
 
+@pytree_factory
 def scale_by_polyak(
     f_min: float | jax.Array = 0.0,
     max_learning_rate: float | jax.Array = 1.0,

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, alias, chain
+from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, alias, chain, pytree_factory
 from jaxopt_lite.transforms.scaling import scale
 
 
@@ -20,6 +20,7 @@ class ScaleByRpropState(NamedTuple):
     prev_updates: Any
 
 
+@pytree_factory
 def scale_by_rprop(
     learning_rate: float | jax.Array,
     eta_minus: float | jax.Array = 0.5,

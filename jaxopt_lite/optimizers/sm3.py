@@ -11,7 +11,14 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    pytree_factory,
+)
 from jaxopt_lite.fused import reject_fused
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -29,6 +36,7 @@ def _broadcastable(m: jax.Array, ndim: int, axis: int) -> jax.Array:
     return jnp.reshape(m, [1] * axis + [m.shape[0]] + [1] * (ndim - axis - 1))
 
 
+@pytree_factory
 def scale_by_sm3(
     b1: float | jax.Array = 0.9,
     b2: float | jax.Array = 1.0,

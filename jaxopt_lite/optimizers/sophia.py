@@ -17,6 +17,7 @@ from jaxopt_lite.base import (
     ScalarOrSchedule,
     alias,
     chain,
+    pytree_factory,
     with_extra_args_support,
 )
 from jaxopt_lite.transforms.regularization import add_decayed_weights
@@ -73,6 +74,7 @@ class SophiaState(NamedTuple):
     hessian_fn_state: Any
 
 
+@pytree_factory
 def scale_by_sophia(
     b1: Scalar = 0.965,
     b2: Scalar = 0.99,

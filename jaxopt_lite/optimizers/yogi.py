@@ -7,11 +7,19 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks, numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule, alias, chain
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    alias,
+    chain,
+    pytree_factory,
+)
 from jaxopt_lite.transforms.adaptive import ScaleByAdamState
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
 
+@pytree_factory
 def scale_by_yogi(
     b1: float | jax.Array = 0.9,
     b2: float | jax.Array = 0.999,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.numerics import abs_sq, known_positive, known_zero, safe_div, safe_sqrt, safe_sqrt_all
-from jaxopt_lite.base import GradientTransformation
+from jaxopt_lite.base import GradientTransformation, pytree_factory
 
 
 class ScaleByAdamState(NamedTuple):
@@ -153,6 +153,7 @@ def _ratio(numerators: Any, second: Any, eps: Any, eps_root: Any, like: Any) -> 
     )
 
 
+@pytree_factory
 def scale_by_adam(
     b1: float | jax.Array = 0.9,
     b2: float | jax.Array = 0.999,
@@ -196,6 +197,7 @@ def scale_by_adam(
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def scale_by_nadam(
     b1: float | jax.Array = 0.9,
     b2: float | jax.Array = 0.999,
@@ -247,6 +249,7 @@ def scale_by_nadam(
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def scale_by_amsgrad(
     b1: float | jax.Array = 0.9,
     b2: float | jax.Array = 0.999,
@@ -306,6 +309,7 @@ def _real_maximum(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.real(a), jnp.real(b)).astype(a.dtype)
 
 
+@pytree_factory
 def scale_by_adamax(
     b1: float | jax.Array = 0.9, b2: float | jax.Array = 0.999, eps: float | jax.Array = 1e-8
 ) -> GradientTransformation:
@@ -342,6 +346,7 @@ def _rms_divide(g: jax.Array, second: jax.Array, eps: Any, eps_in_sqrt: bool) ->
     return safe_div(g, denom).astype(g.dtype)
 
 
+@pytree_factory
 def scale_by_rms(
     decay: float | jax.Array = 0.9,
     eps: float | jax.Array = 1e-8,
@@ -378,6 +383,7 @@ def scale_by_rms(
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def scale_by_stddev(
     decay: float | jax.Array = 0.9,
     eps: float | jax.Array = 1e-8,
@@ -419,6 +425,7 @@ def scale_by_stddev(
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def scale_by_rss(
     initial_accumulator_value: float | jax.Array = 0.1, eps: float | jax.Array = 1e-7
 ) -> GradientTransformation:
@@ -449,6 +456,7 @@ def scale_by_rss(
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def scale_by_adadelta(rho: float | jax.Array = 0.9, eps: float | jax.Array = 1e-6) -> GradientTransformation:
     """AdaDelta (Zeiler, 2012, "ADADELTA: An Adaptive Learning Rate Method", Algorithm 1).
 
@@ -477,6 +485,7 @@ def scale_by_adadelta(rho: float | jax.Array = 0.9, eps: float | jax.Array = 1e-
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def scale_by_radam(
     b1: float | jax.Array = 0.9,
     b2: float | jax.Array = 0.999,
@@ -530,6 +539,7 @@ def scale_by_radam(
 _LION_MODES = ("hard", "smooth", "refined")
 
 
+@pytree_factory
 def scale_by_lion(
     b1: float | jax.Array = 0.9,
     b2: float | jax.Array = 0.99,
@@ -572,6 +582,7 @@ def scale_by_lion(
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def scale_by_belief(
     b1: float | jax.Array = 0.9,
     b2: float | jax.Array = 0.999,

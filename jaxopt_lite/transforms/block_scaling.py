@@ -12,10 +12,11 @@ import jax.numpy as jnp
 from jaxopt_lite import _checks
 from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, stateless
+from jaxopt_lite.base import GradientTransformation, pytree_factory, stateless
 from jaxopt_lite.fused import reject_fused
 
 
+@pytree_factory
 def clip_by_block_rms(threshold: float | jax.Array) -> GradientTransformation:
     r"""Clips each block to a root mean square of at most ``threshold``.
 
@@ -36,6 +37,7 @@ def clip_by_block_rms(threshold: float | jax.Array) -> GradientTransformation:
     return stateless(apply)
 
 
+@pytree_factory
 def scale_by_param_block_norm(min_scale: float | jax.Array = 1e-3) -> GradientTransformation:
     r"""Scales each block by the L2 norm of its parameter block: :math:`u \leftarrow u \cdot \max(\|w\|_2,
     \text{min\_scale})`.
@@ -53,6 +55,7 @@ def scale_by_param_block_norm(min_scale: float | jax.Array = 1e-3) -> GradientTr
     return stateless(apply)
 
 
+@pytree_factory
 def scale_by_param_block_rms(min_scale: float | jax.Array = 1e-3) -> GradientTransformation:
     r"""Scales each block by the root mean square of its parameter block: :math:`u \leftarrow u \cdot
     \max\left(\sqrt{\operatorname{mean}(|w|^2)}, \text{min\_scale}\right)`.
@@ -71,6 +74,7 @@ def scale_by_param_block_rms(min_scale: float | jax.Array = 1e-3) -> GradientTra
     return stateless(apply)
 
 
+@pytree_factory
 def normalize_by_update_norm(
     scale_factor: float | jax.Array = 1.0, eps: float | jax.Array = 1e-6
 ) -> GradientTransformation:
@@ -90,6 +94,7 @@ def normalize_by_update_norm(
     return stateless(apply)
 
 
+@pytree_factory
 def centralize() -> GradientTransformation:
     r"""Gradient centralization (Yong et al., 2020, "Gradient Centralization: A New Optimization Technique for
     Deep Neural Networks").

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks, numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import EmptyState, GradientTransformation, stateless
+from jaxopt_lite.base import EmptyState, GradientTransformation, pytree_factory, stateless
 from jaxopt_lite.fused import reject_fused
 
 ClipState = EmptyState
@@ -37,6 +37,7 @@ def clip_scales(scale: jax.Array, root: jax.Array, max_norm: Any) -> tuple[jax.A
     return r, factor * r
 
 
+@pytree_factory
 def clip(max_delta: float | jax.Array) -> GradientTransformation:
     """Clips every coordinate to ``[-max_delta, max_delta]``.
 
@@ -46,6 +47,7 @@ def clip(max_delta: float | jax.Array) -> GradientTransformation:
     return stateless(lambda updates, params: _tree.clip(updates, -max_delta, max_delta))
 
 
+@pytree_factory
 def clip_by_norm(max_norm: float | jax.Array) -> GradientTransformation:
     """Clips each leaf to its own L2 norm: ``u_i <- u_i * min(1, max_norm / ||u_i||)``.
 
@@ -65,6 +67,7 @@ def clip_by_norm(max_norm: float | jax.Array) -> GradientTransformation:
     return stateless(apply)
 
 
+@pytree_factory
 def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
     """Clips the whole tree, taken as one vector, to an L2 norm of at most ``max_norm``.
 
@@ -119,6 +122,7 @@ def unitwise_clip(g_norm: jax.Array, max_norm: jax.Array, grad: jax.Array, div_e
     return jnp.where(g_norm < max_norm, grad, clipped).astype(jnp.result_type(grad))
 
 
+@pytree_factory
 def adaptive_grad_clip(
     clipping: float | jax.Array, eps: float | jax.Array = 1e-3, axis: int | tuple[int, ...] | None = None
 ) -> GradientTransformation:

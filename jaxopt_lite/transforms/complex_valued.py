@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxopt_lite.base import GradientTransformation
+from jaxopt_lite.base import GradientTransformation, pytree_factory
 
 
 class SplitRealAndImaginaryArrays(NamedTuple):
@@ -35,6 +35,7 @@ def _merge(x: Any) -> Any:
     return x.real + 1j * x.imaginary if isinstance(x, SplitRealAndImaginaryArrays) else x
 
 
+@pytree_factory
 def split_real_and_imaginary(inner: GradientTransformation) -> GradientTransformation:
     """Applies ``inner`` to complex parameters as if each were the pair of its real and imaginary parts.
 

@@ -8,7 +8,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, with_extra_args_support
+from jaxopt_lite.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    pytree_factory,
+    with_extra_args_support,
+)
 
 
 class ConditionFn(Protocol):
@@ -49,6 +54,7 @@ def _conditional_update(inner, should_transform_fn, forward_extra_args, updates,
     )
 
 
+@pytree_factory
 def conditionally_transform(
     inner: GradientTransformation, should_transform_fn: ConditionFn, forward_extra_args: bool = False
 ) -> GradientTransformationExtraArgs:
@@ -73,6 +79,7 @@ def conditionally_transform(
     return GradientTransformationExtraArgs(init, update)
 
 
+@pytree_factory
 def conditionally_mask(
     inner: GradientTransformation, should_transform_fn: ConditionFn, forward_extra_args: bool = False
 ) -> GradientTransformationExtraArgs:

@@ -5,12 +5,13 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks, numerics
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import EmptyState, GradientTransformation, stateless
+from jaxopt_lite.base import EmptyState, GradientTransformation, pytree_factory, stateless
 from jaxopt_lite.fused import reject_fused
 
 ScaleByTrustRatioState = EmptyState
 
 
+@pytree_factory
 def scale_by_trust_ratio(
     min_norm: float | jax.Array = 0.0,
     trust_coefficient: float | jax.Array = 1.0,

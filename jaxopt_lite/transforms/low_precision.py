@@ -47,7 +47,7 @@ from jax import lax
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation
+from jaxopt_lite.base import GradientTransformation, pytree_factory
 from jaxopt_lite.wrappers.masking import MaskedNode
 
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -310,6 +310,7 @@ def _landing_update(target: jax.Array, p32: jax.Array) -> jax.Array:
     return jnp.where(target == p32, jnp.zeros_like(p32), target - p32)
 
 
+@pytree_factory
 def stochastic_rounding(key: jax.Array | int) -> GradientTransformation:
     r"""Stochastic rounding as the last transform of a chain: ``chain(lion(1e-4), stochastic_rounding(key))``.
 
@@ -366,6 +367,7 @@ def stochastic_rounding(key: jax.Array | int) -> GradientTransformation:
 # ----------------------------------------------------------------------------
 
 
+@pytree_factory
 def kahan_summation() -> GradientTransformation:
     r"""Kahan-compensated updates for ``bfloat16``/``float16`` parameters: ``chain(adamw(1e-4), kahan_summation())``.
 

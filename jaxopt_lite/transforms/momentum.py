@@ -6,7 +6,7 @@ import jax
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import GradientTransformation
+from jaxopt_lite.base import GradientTransformation, pytree_factory
 
 
 class TraceState(NamedTuple):
@@ -22,6 +22,7 @@ class EmaState(NamedTuple):
     ema: Any
 
 
+@pytree_factory
 def trace(
     decay: float | jax.Array,
     nesterov: bool = False,
@@ -60,6 +61,7 @@ def trace(
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def ema(decay: float | jax.Array, debias: bool = True, accumulator_dtype: Any = None) -> GradientTransformation:
     """Exponential moving average of the updates.
 

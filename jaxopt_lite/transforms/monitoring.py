@@ -12,6 +12,7 @@ from jaxopt_lite.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
     chain,
+    pytree_factory,
     stateless,
     with_extra_args_support,
 )
@@ -31,6 +32,7 @@ class MonitorState(NamedTuple):
     measure_states: tuple[Any, ...]
 
 
+@pytree_factory
 def snapshot(measure_name: str, measure: Callable[[Any], Any]) -> GradientTransformation:
     """Stores ``measure(updates)`` in the state under ``measure_name``; the updates pass through unchanged.
 
@@ -50,6 +52,7 @@ def snapshot(measure_name: str, measure: Callable[[Any], Any]) -> GradientTransf
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def monitor(measures: dict[str, GradientTransformation | Callable[[Any], Any]]) -> GradientTransformationExtraArgs:
     """Records several measurements of the updates; the updates pass through unchanged.
 
@@ -79,6 +82,7 @@ def monitor(measures: dict[str, GradientTransformation | Callable[[Any], Any]]) 
     return GradientTransformationExtraArgs(init, update)
 
 
+@pytree_factory
 def measure_with_ema(
     measure: Callable[[Any], Any], decay: float | Any, debias: bool = True, accumulator_dtype: Any | None = None
 ) -> GradientTransformationExtraArgs:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_lite import _checks
-from jaxopt_lite.base import GradientTransformation, ScalarOrSchedule, chain, identity
+from jaxopt_lite.base import GradientTransformation, ScalarOrSchedule, chain, identity, pytree_factory
 from jaxopt_lite.transforms.momentum import trace
 from jaxopt_lite.transforms.per_example_clipping import per_example_global_norm_clip
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
@@ -29,6 +29,7 @@ def _as_key(key: Any) -> jax.Array:
     return jax.random.key(key)
 
 
+@pytree_factory
 def differentially_private_aggregate(
     l2_norm_clip: float | jax.Array,
     noise_multiplier: float | jax.Array,
@@ -71,6 +72,7 @@ def differentially_private_aggregate(
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def dpsgd(
     learning_rate: ScalarOrSchedule,
     l2_norm_clip: float | jax.Array,

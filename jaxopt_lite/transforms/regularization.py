@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import EmptyState, GradientTransformation, ScalarOrSchedule, stateless
+from jaxopt_lite.base import EmptyState, GradientTransformation, ScalarOrSchedule, pytree_factory, stateless
 
 AddDecayedWeightsState = EmptyState
 NonNegativeParamsState = EmptyState
@@ -32,6 +32,7 @@ class ZeroNansState(NamedTuple):
     found_nan: Any
 
 
+@pytree_factory
 def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) -> GradientTransformation:
     """Decoupled weight decay (Loshchilov & Hutter, 2019): ``u <- u + weight_decay * p``.
 
@@ -67,6 +68,7 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) 
     return masked(tx, mask)
 
 
+@pytree_factory
 def add_noise(
     eta: float | jax.Array, gamma: float | jax.Array, key: jax.Array | int | None = None, *, seed: int | None = None
 ) -> GradientTransformation:
@@ -107,6 +109,7 @@ def add_noise(
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def keep_params_nonnegative() -> GradientTransformation:
     """Projects onto ``p >= 0``: where ``p + u < 0`` the update becomes ``-p``.
 
@@ -120,6 +123,7 @@ def keep_params_nonnegative() -> GradientTransformation:
     return stateless(apply)
 
 
+@pytree_factory
 def zero_nans() -> GradientTransformation:
     """Replaces NaNs in the updates by 0 and records, per leaf, whether it did."""
 

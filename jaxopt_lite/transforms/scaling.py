@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.base import EmptyState, GradientTransformation, ScalarOrSchedule, Schedule, stateless
+from jaxopt_lite.base import EmptyState, GradientTransformation, ScalarOrSchedule, Schedule, pytree_factory, stateless
 
 ScaleState = EmptyState  # Optax's name for the state of ``scale``
 
@@ -18,6 +18,7 @@ class ScaleByScheduleState(NamedTuple):
     count: jax.Array
 
 
+@pytree_factory
 def scale(step_size: float | jax.Array) -> GradientTransformation:
     """Multiplies updates by a constant: ``u <- step_size * u``.
 
@@ -28,6 +29,7 @@ def scale(step_size: float | jax.Array) -> GradientTransformation:
     return stateless(lambda updates, params: _tree.scale(step_size, updates))
 
 
+@pytree_factory
 def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     """Multiplies updates by a schedule of the step count: ``u <- s(t) * u``.
 
@@ -48,6 +50,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+@pytree_factory
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool = True) -> GradientTransformation:
     """Scales by ``-learning_rate`` (or ``+learning_rate`` with ``flip_sign=False``).
 
@@ -69,6 +72,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool =
     return GradientTransformation(init, tx.update)
 
 
+@pytree_factory
 def scale_by_sign() -> GradientTransformation:
     """Replaces each update by its sign: ``u <- sign(u)`` (signSGD, Bernstein et al. 2018)."""
     return stateless(lambda updates, params: jax.tree.map(jnp.sign, updates))

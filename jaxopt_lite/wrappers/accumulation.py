@@ -1,6 +1,7 @@
 """Gradient accumulation, periodic application, and skipping bad steps."""
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -15,6 +16,10 @@ from jaxopt_lite.base import (
     GradientTransformationExtraArgs,
     Params,
     Updates,
+    _Recipe,
+    _recording,
+    pytree_factory,
+    register_recorded,
     with_extra_args_support,
 )
 
@@ -158,14 +163,30 @@ class MultiSteps:
         should_skip_update_fn: ShouldSkipUpdateFunction | None = None,
         accumulator_dtype: Any = jnp.float32,
     ):
-        self._opt = with_extra_args_support(opt)
         if callable(every_k_schedule):
             _check_k("MultiSteps", every_k_schedule(jnp.zeros([], jnp.int32)))
-            self._every_k_schedule = every_k_schedule
         else:
             _check_k("MultiSteps", every_k_schedule)
-            k = int(every_k_schedule) if _checks.concrete(every_k_schedule) is not None else every_k_schedule
-            self._every_k_schedule = lambda step: k
+            if _checks.concrete(every_k_schedule) is not None:
+                every_k_schedule = int(every_k_schedule)
+        self._setup(opt, every_k_schedule, use_grad_mean, should_skip_update_fn, accumulator_dtype)
+        # A pytree of its numeric arguments (the inner optimizer's, a schedule's), like the transformations.
+        self._pytree = _Recipe(
+            MultiSteps,
+            None,
+            _MULTI_STEPS_SIGNATURE,
+            "MultiSteps",
+            call=((opt, every_k_schedule, use_grad_mean, should_skip_update_fn, accumulator_dtype), {}),
+            built=self,
+        )
+
+    def _setup(self, opt, every_k_schedule, use_grad_mean, should_skip_update_fn, accumulator_dtype) -> None:
+        """Sets the attributes from checked arguments (or from leaves JAX rebuilt, which are never checked)."""
+        self._opt = with_extra_args_support(opt)
+        if callable(every_k_schedule):
+            self._every_k_schedule = every_k_schedule
+        else:
+            self._every_k_schedule = lambda step: every_k_schedule
         self._use_grad_mean = bool(use_grad_mean)
         self._should_skip_update_fn = should_skip_update_fn if should_skip_update_fn is not None else _no_skip
         self._accumulator_dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
@@ -248,8 +269,38 @@ class MultiSteps:
         return jnp.logical_and(state.mini_step == 0, state.gradient_step > 0)
 
     def gradient_transformation(self) -> GradientTransformationExtraArgs:
-        """This accumulator as a plain transformation (``init``, ``update``)."""
-        return GradientTransformationExtraArgs(init=self.init, update=self.update)
+        """This accumulator as a plain transformation (``init``, ``update``); a pytree as this object is."""
+        return _multi_steps_transformation(self)
+
+    def __repr__(self) -> str:
+        return self._pytree.describe()
+
+
+_MULTI_STEPS_SIGNATURE = inspect.signature(MultiSteps)
+
+
+def _multi_steps_from_recipe(recipe: _Recipe) -> MultiSteps:
+    multi_steps = MultiSteps.__new__(MultiSteps)
+    multi_steps._setup(*recipe.arguments().values())
+    multi_steps._pytree = recipe
+    recipe._built = multi_steps
+    return multi_steps
+
+
+register_recorded(MultiSteps, _multi_steps_from_recipe)
+
+
+def _as_transformation(multi_steps: MultiSteps) -> GradientTransformationExtraArgs:
+    return GradientTransformationExtraArgs(init=multi_steps.init, update=multi_steps.update)
+
+
+_multi_steps_transformation = _recording(
+    _as_transformation,
+    key=_as_transformation,
+    signature=inspect.signature(_as_transformation),
+    wrapped=_as_transformation,
+    name="MultiSteps.gradient_transformation",
+)
 
 
 class ApplyEvery(NamedTuple):
@@ -259,6 +310,7 @@ class ApplyEvery(NamedTuple):
     grad_acc: Updates
 
 
+@pytree_factory
 def apply_every(k: int = 1) -> GradientTransformation:
     """Sums the updates over ``k`` steps and emits the sum every ``k``-th step, zeros otherwise.
 
@@ -313,6 +365,7 @@ def _all_finite(tree: Any) -> jax.Array:
     return functools.reduce(jnp.logical_and, flags, jnp.ones([], jnp.bool_))
 
 
+@pytree_factory
 def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) -> GradientTransformationExtraArgs:
     """Skips the steps whose updates hold a NaN or an infinity.
 

@@ -13,6 +13,7 @@ from jaxopt_lite.base import (
     GradientTransformationExtraArgs,
     OptState,
     Params,
+    pytree_factory,
     with_extra_args_support,
 )
 from jaxopt_lite.wrappers.accumulation import _check_k
@@ -44,6 +45,7 @@ class LookaheadParams(NamedTuple):
         return cls(fast=params, slow=params)
 
 
+@pytree_factory
 def lookahead(
     fast_optimizer: GradientTransformation,
     sync_period: int,

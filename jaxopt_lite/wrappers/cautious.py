@@ -65,6 +65,7 @@ from jaxopt_lite.base import (
     ScalarOrSchedule,
     alias,
     chain,
+    pytree_factory,
     with_extra_args_support,
 )
 from jaxopt_lite.fused import reject_fused
@@ -125,6 +126,7 @@ def _cautious_leaf(u: jax.Array, g: jax.Array, eps: Any, normalization: str, neg
     return (u * (keep.astype(dtype) * scale).astype(u.dtype)).astype(u.dtype)
 
 
+@pytree_factory
 def cautious(
     inner: GradientTransformation,
     eps: Scalar | None = None,

@@ -10,6 +10,7 @@ from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
+    pytree_factory,
     with_extra_args_support,
 )
 
@@ -36,6 +37,7 @@ def _unravel(like: Any, flat: jax.Array) -> Any:
     )
 
 
+@pytree_factory
 def flatten(inner: GradientTransformation) -> GradientTransformationExtraArgs:
     """Runs ``inner`` on one flat vector holding all leaves instead of on the tree.
 

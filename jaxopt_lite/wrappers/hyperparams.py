@@ -14,6 +14,7 @@ from jaxopt_lite.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
     OptState,
+    _recording,
     with_extra_args_support,
 )
 
@@ -224,7 +225,6 @@ def inject_hyperparams(
         )
     cast_dtype = None if hyperparam_dtype is None else jnp.dtype(hyperparam_dtype)
 
-    @functools.wraps(inner_factory)
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformationExtraArgs:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
@@ -283,7 +283,11 @@ def inject_hyperparams(
 
         return GradientTransformationExtraArgs(init, update)
 
-    return wrapped
+    # What it returns is a pytree of the factory's numeric arguments; two calls of inject_hyperparams
+    # with the same factory and options make equal tree structures (one trace for both under jit).
+    key = ("inject_hyperparams", inner_factory, tuple(sorted(static_names)), cast_dtype)
+    name = f"inject_hyperparams({getattr(inner_factory, '__name__', 'factory')})"
+    return _recording(wrapped, key=key, signature=signature, wrapped=inner_factory, name=name)
 
 
 def inject_stateful_hyperparams(

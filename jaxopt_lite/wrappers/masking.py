@@ -20,6 +20,7 @@ from jaxopt_lite.base import (
     GradientTransformationExtraArgs,
     OptState,
     Params,
+    pytree_factory,
     set_to_zero,
     with_extra_args_support,
 )
@@ -137,6 +138,7 @@ def _merge_masked(treedef: Any, flags: list[bool], new: Any, old: Any) -> Any:
     return treedef.unflatten([n if f else o for n, o, f in zip(new_sub, old_sub, flags)])
 
 
+@pytree_factory
 def masked(
     inner: GradientTransformation,
     mask: Any | Callable[[Params], Any],
@@ -233,6 +235,7 @@ def _resolve_labels(owner: str, param_labels: Any, tree: Any, known: Mapping[Has
     return treedef, leaves
 
 
+@pytree_factory
 def partition(
     transforms: Mapping[Hashable, GradientTransformation],
     param_labels: Any | Callable[[Params], Any],
@@ -297,6 +300,7 @@ def partition(
     return GradientTransformationExtraArgs(init, update)
 
 
+@pytree_factory
 def multi_transform(
     transforms: Mapping[Hashable, GradientTransformation],
     param_labels: Any | Callable[[Params], Any],
@@ -307,6 +311,7 @@ def multi_transform(
     return partition(transforms, param_labels, mask_compatible_extra_args=mask_compatible_extra_args)
 
 
+@pytree_factory
 def freeze(mask: bool | Any) -> GradientTransformationExtraArgs:
     """Zeroes the updates of the parameters where ``mask`` is ``True`` (holds them fixed).
 
@@ -321,6 +326,7 @@ def freeze(mask: bool | Any) -> GradientTransformationExtraArgs:
     return masked(set_to_zero(), mask)
 
 
+@pytree_factory
 def selective_transform(
     optimizer: GradientTransformation, *, freeze_mask: bool | Any
 ) -> GradientTransformationExtraArgs:
