@@ -417,3 +417,41 @@ def test_zero_and_huge_gradients_give_finite_steps():
     for scale in (0.0, 1e-30, 1e15):
         u, state = three_steps(jnp.float32(scale))
         assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((u, state))), scale
+
+
+_LAPACK_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+import jaxopt_lite as jol
+rng = np.random.default_rng(0)
+params = {f"w{i}": jnp.asarray(rng.standard_normal((64, 256)), jnp.float32) for i in range(4)}
+params |= {f"v{i}": jnp.asarray(rng.standard_normal((192, 64)), jnp.float32) for i in range(2)}
+opt = jol.soap(1e-3, precondition_frequency=2)
+def run(params):
+    def body(carry, k):
+        p, s = carry
+        g = jax.tree.map(lambda x: x * jnp.cos(k + x), p)
+        u, s = opt.update(g, s, p)
+        return (jol.apply_updates(p, u), s), None
+    return jax.lax.scan(body, (params, opt.init(params)), jnp.arange(6.0))[0][0]
+out = jax.block_until_ready(jax.jit(run)(params))
+print("ok", all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(out)))
+"""
+
+
+def test_several_factor_shapes_do_not_deadlock_the_cpu_thread_pool():
+    """Factors of several shapes, each a batch (eigh at the first call, QR at refreshes): jaxlib's batched LAPACK
+    kernels block a pool thread until their batch is done, and two at once hung forever on 2 CPU cores. Run in
+    a subprocess (default float32 mode, as users run) with a time limit, so a hang fails instead of stalling."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"} | {"JAX_PLATFORMS": "cpu"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _LAPACK_SCRIPT], env=env, capture_output=True, text=True, timeout=240, check=False
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("SOAP's jitted step did not finish in 240 s: batched LAPACK calls deadlocked")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok True"
