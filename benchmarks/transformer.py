@@ -189,7 +189,7 @@ SPECS: tuple[LMSpec, ...] = (
         ),
     ),
     LMSpec("soap", "soap", 3e-3, lambda lib, lr, n: lib.soap(lr)),
-    LMSpec("shampoo", "shampoo", 3e-3, lambda lib, lr, n: lib.shampoo(lr)),
+    LMSpec("shampoo", "shampoo", 1e-3, lambda lib, lr, n: lib.shampoo(lr)),
     LMSpec(
         "schedule_free_adamw",
         "contrib.schedule_free_adamw",
