@@ -169,6 +169,7 @@ from jaxopt_lite.optimizers.adopt import adopt
 from jaxopt_lite.optimizers.muon import muon, scale_by_muon
 from jaxopt_lite.optimizers.shampoo import ShampooState, scale_by_shampoo, shampoo
 from jaxopt_lite.optimizers.soap import SoapState, scale_by_soap, soap
+from jaxopt_lite.optimizers.kron import KronState, kron, scale_by_kron
 # CAME and Adam-mini (not in Optax)
 from jaxopt_lite.optimizers.came import CameState, came, scale_by_came
 from jaxopt_lite.optimizers.adam_mini import (

@@ -217,6 +217,7 @@ REFUSES_FUSED = {
     "galore": "galore",  # projects each matrix
     "shampoo": "shampoo",  # Kronecker factors of each matrix
     "soap": "soap",
+    "kron": "kron",  # Kronecker factors of each leaf
     "came": "came",  # factored second moment and instability of each matrix, RMS clipping per leaf
     "adam_mini": "adam_mini",  # one second moment per leaf (or per block of a leaf)
     "mars_adamw": "mars_adamw",  # c_t clipped by each tensor's own norm

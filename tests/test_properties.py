@@ -245,6 +245,13 @@ OPTIMIZERS = {
         ("learning_rate", "b1", "b2", "shampoo_beta", "eps", "weight_decay"),
     ),
     # --- end shampoo, soap ---
+    # --- kron (PSGD-Kron; probability 1 so that every step updates the preconditioner) ---
+    "kron": (
+        jol.kron,
+        {"preconditioner_update_probability": 1.0, "weight_decay": 0.01},
+        ("learning_rate", "b1", "precond_lr", "precond_init_scale", "weight_decay"),
+    ),
+    # --- end kron ---
     # --- came, adam_mini ---
     "came": (
         jol.came,
@@ -311,6 +318,8 @@ SWEEP = {
     "graft_beta2": [0.9, 0.99, 0.999],
     "graft_eps": [1e-8, 1e-4, 1e-1],
     "shampoo_beta": [0.9, 0.95, 0.99],  # soap
+    "precond_lr": [0.05, 0.1, 0.5],  # kron
+    "precond_init_scale": [0.3, 1.0, 3.0],
     "eps1": [1e-30, 1e-8, 1e-1],  # came: added to g^2
     "eps2": [1e-16, 1e-8, 1e-1],  # came: added to the instability (u - m)^2
 }

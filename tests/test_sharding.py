@@ -323,6 +323,7 @@ FLOAT32_STATE_BY_DESIGN = {
     "ldog": (("max_dist", "grad_sum_of_squares"), "its two scalars per array are kept in at least float32"),
     "shampoo": (("stats", "roots"), "Kronecker factors and their inverse roots: eigh needs at least float32"),
     "soap": (("factors", "bases"), "Kronecker factors and their eigenbases: eigh and QR need at least float32"),
+    "kron": (("Qs",), "PSGD-Kron's factors (precond_dtype): triangular solves need at least float32"),
 }
 
 

@@ -14,6 +14,7 @@ from jaxopt_lite.optimizers.galore import GaLoreDimensionNumbers, GaLoreState, g
 from jaxopt_lite.optimizers.muon import MuonDimensionNumbers, MuonState, muon, scale_by_muon
 from jaxopt_lite.optimizers.shampoo import ShampooState, scale_by_shampoo, shampoo
 from jaxopt_lite.optimizers.soap import SoapState, scale_by_soap, soap
+from jaxopt_lite.optimizers.kron import KronState, kron, scale_by_kron
 from jaxopt_lite.optimizers.sam import NormalizeState, SAMState, normalize, sam
 
 # L-BFGS
