@@ -26,7 +26,13 @@ from jaxopt_lite.optimizers.madgrad import MadgradState, madgrad, scale_by_madgr
 from jaxopt_lite.optimizers.mechanic import MechanicState, mechanize
 from jaxopt_lite.optimizers.momo import MomoAdamState, MomoState, momo, momo_adam
 from jaxopt_lite.optimizers.prodigy import ProdigyState, prodigy
-from jaxopt_lite.optimizers.sophia import HutchinsonState, SophiaState, hutchinson_estimator_diag_hessian, sophia
+from jaxopt_lite.optimizers.sophia import (
+    HutchinsonState,
+    SophiaState,
+    gauss_newton_bartlett_estimator_diag_hessian,
+    hutchinson_estimator_diag_hessian,
+    sophia,
+)
 from jaxopt_lite.optimizers.schedule_free import (
     ScheduleFreeState,
     schedule_free,

@@ -1,5 +1,6 @@
 """Sophia (Liu et al., 2023, "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
-Pre-training") and Hutchinson's estimator of the Hessian diagonal (Hutchinson, 1989)."""
+Pre-training") and two estimators of the Hessian diagonal: Hutchinson's (Hutchinson, 1989; Sophia-H)
+and Gauss-Newton-Bartlett (Sophia-G)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,44 @@ def hutchinson_estimator_diag_hessian(random_seed: jax.Array | None = None) -> G
         signs = _tree.cast_like(signs, params)  # +-1 in every dtype: Optax's draws, and jvp needs each leaf's dtype
         hvp = jax.jvp(jax.grad(obj_fn), (params,), (signs,))[1]
         return jax.tree.map(lambda h, z: h * z, hvp, signs), HutchinsonState(key=key)
+
+    return GradientTransformationExtraArgs(init, update)
+
+
+def gauss_newton_bartlett_estimator_diag_hessian(
+    batch_size: int, random_seed: jax.Array | None = None
+) -> GradientTransformationExtraArgs:
+    r"""The Gauss-Newton-Bartlett estimate of the Hessian diagonal (Liu et al., 2023, Algorithm 2; Sophia-G).
+
+    For a loss ``l(f(theta, x), y)`` that is a negative log-likelihood of the model's own predictive
+    distribution (softmax cross-entropy), with labels ``y_hat_b`` sampled from that distribution,
+    ``g_hat = grad (1/B) sum_b l(f(theta, x_b), y_hat_b)`` and the estimate is ``B * g_hat * g_hat``:
+    by Bartlett's second identity its expectation is the diagonal of the Gauss-Newton matrix, which
+    is positive semi-definite. ``update(updates, state, params, sampled_obj_fn=f)`` ignores ``updates``;
+    ``f(params, key)`` returns the mean loss over the batch at labels it samples with ``key`` (for
+    logits ``z``: ``jax.random.categorical(key, z)``). Per call the key is split into the next state's
+    key and the sampling key. ``batch_size`` is ``B`` (a Python int or an array). ``random_seed``
+    defaults to ``jax.random.PRNGKey(0)``. Memory: none per parameter (a key).
+    """
+    owner = "gauss_newton_bartlett_estimator_diag_hessian"
+    _checks.check_range(owner, "batch_size", batch_size, low=1)
+
+    def init(params):
+        del params
+        return HutchinsonState(key=jax.random.PRNGKey(0) if random_seed is None else random_seed)
+
+    def update(updates, state, params=None, sampled_obj_fn=None, **extra_args):
+        del updates, extra_args
+        if params is None:
+            raise ValueError(f"{owner}: update needs params (the point the Hessian is taken at)")
+        if sampled_obj_fn is None:
+            raise ValueError(
+                f"{owner}: update needs the keyword argument sampled_obj_fn(params, key): the mean loss at "
+                "labels sampled from the model with key"
+            )
+        key, sample_key = jax.random.split(state.key)
+        grads = jax.grad(sampled_obj_fn)(params, sample_key)
+        return jax.tree.map(lambda g: batch_size * numerics.abs_sq(g).astype(g.dtype), grads), HutchinsonState(key=key)
 
     return GradientTransformationExtraArgs(init, update)
 
