@@ -174,6 +174,12 @@ def _transformer_tables(sec: dict) -> list[Table]:
                          f"{shapes}; 'one call per leaf' applies the same transform to one-leaf trees."))
     elif mb:
         out.append(Table("transformer", "Muon: batched vs per leaf", ["error"], [[_err(mb)]]))
+    mem = sec.get("state_bytes_per_param")
+    if mem and not _err(mem):
+        out.append(Table("transformer", "Optimizer state of the methods not trained above (bytes per parameter)",
+                         list(mem), [[fmt(v) for v in mem.values()]],
+                         f"jax.eval_shape(init) on the same {sec['n_params']:,}-parameter model, float32 parameters; "
+                         "the trained methods' figures are in the table above."))
     return out
 
 

@@ -375,6 +375,32 @@ def muon_batching(ctx: Context) -> dict:
     }
 
 
+# --- state memory of every frontier method --------------------------------------------------------------
+
+# Built only to measure their state (jax.eval_shape of init: nothing is compiled or run).
+MEMORY_ONLY: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("came", "came", lambda lib: lib.came(1e-3)),
+    ("adam_mini", "adam_mini", lambda lib: lib.adam_mini(1e-3)),
+    ("kron", "kron", lambda lib: lib.kron(1e-3)),
+    ("adafactor", "adafactor", lambda lib: lib.adafactor(1e-3)),
+    ("lion", "lion", lambda lib: lib.lion(1e-4)),
+    ("sophia", "contrib.sophia", lambda lib: lib.contrib.sophia(1e-3)),
+    ("adamw_4bit", "quantize_state", lambda lib: lib.quantize_state(lib.adamw(1e-3), bits=4)),
+)
+
+
+def state_memory(ctx: Context) -> dict:
+    """Optimizer state bytes per parameter on this section's model, for the methods not trained above."""
+    params = _params0(ctx, SPECS[0])
+    n = sum(x.size for x in jax.tree.leaves(params))
+    out = {}
+    for name, needs, build in MEMORY_ONLY:
+        if _has(ctx.lib, needs):
+            state = jax.eval_shape(build(ctx.lib).init, params)
+            out[name] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) / n
+    return out
+
+
 # --- tasks ------------------------------------------------------------------------------------------------
 
 
@@ -410,14 +436,17 @@ def _task(spec: LMSpec, run: Callable[[Context, LMSpec], dict], cost: float) -> 
 def _muon_task() -> Task:
     def go(ctx: Context) -> None:
         section = _section(ctx)
-        if not _has(ctx.lib, "contrib.scale_by_muon"):
-            return
+        if _has(ctx.lib, "contrib.scale_by_muon"):
+            try:
+                section["muon_batching"] = muon_batching(ctx)
+            except Exception as exc:  # noqa: BLE001
+                section["muon_batching"] = error_record(exc)
         try:
-            section["muon_batching"] = muon_batching(ctx)
+            section["state_bytes_per_param"] = state_memory(ctx)
         except Exception as exc:  # noqa: BLE001
-            section["muon_batching"] = error_record(exc)
+            section["state_bytes_per_param"] = error_record(exc)
 
-    return Task(SECTION, "Muon: batched Newton-Schulz vs one call per leaf", go, cost=5.0)
+    return Task(SECTION, "Muon: batched Newton-Schulz vs one call per leaf; state bytes of the others", go, cost=5.0)
 
 
 def tasks(ctx: Context, section: str) -> list[Task]:

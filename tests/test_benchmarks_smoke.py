@@ -143,6 +143,8 @@ def test_transformer_language_model(run):
     assert _finite(rows["adamw_cosine_bf16_kahan"]["val_loss_vs_float32"])
     mb = sec["muon_batching"]
     assert _positive(mb["speedup"]) and mb["max_abs_diff"] < 1e-4, mb
+    memory = sec["state_bytes_per_param"]  # eval_shape only, for the methods not trained
+    assert {"came", "adam_mini", "kron", "adamw_4bit"} <= set(memory) and all(map(_positive, memory.values()))
 
 
 def test_roofline(run):
