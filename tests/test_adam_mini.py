@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_problems import grad as _grad
 
 import jaxopt_lite as jol
 
@@ -59,10 +60,6 @@ def _problem(shapes=SHAPES, seed=0):
     x0, target, freq = make(), make(), make()
     curv = {k: 0.5 + np.abs(c) for k, c in make().items()}
     return x0, curv, target, freq
-
-
-def _grad(x, k, curv, target, freq, xp=np):
-    return curv * (x - target) + 0.1 * xp.sin(k * freq)
 
 
 def _run_ours(opt, n_steps=N_STEPS):

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_problems import grad as _grad
+from reference_problems import problem as _problem
 
 import jaxopt_lite as jol
 
@@ -43,18 +45,6 @@ CONFIGS = [
     },
     {**DEFAULTS, "learning_rate": 1e-2, "clip_threshold": 0.3, "weight_decay": 0.01},  # clipping binds every step
 ]
-
-
-def _problem(shapes=SHAPES, seed=0):
-    rng = np.random.default_rng(seed)
-    make = lambda: {k: rng.standard_normal(s) for k, s in shapes.items()}
-    x0, target, freq = make(), make(), make()
-    curv = {k: 0.5 + np.abs(c) for k, c in make().items()}
-    return x0, curv, target, freq
-
-
-def _grad(x, k, curv, target, freq, xp=np):
-    return curv * (x - target) + 0.1 * xp.sin(k * freq)
 
 
 def _run_ours(opt, shapes=SHAPES, n_steps=N_STEPS):
@@ -139,7 +129,7 @@ def test_matches_came_pytorch():
     torch = pytest.importorskip("torch")
     came_pytorch = pytest.importorskip("came_pytorch")
     for hps in CONFIGS[::2]:
-        x0, curv, target, freq = _problem()
+        x0, curv, target, freq = _problem(SHAPES)
         tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in x0.items()}
         oracle = came_pytorch.CAME(
             list(tensors.values()),

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_problems import grad as _grad
+from reference_problems import problem as _problem
 
 import jaxopt_lite as jol
 from jaxopt_lite.optimizers.shampoo import psd_power
@@ -39,18 +41,6 @@ SMALL = {"w": (4, 3), "b": (3,)}  # for the tests that compile several programs
 # --------------------------------------------------------------------------------------------------------------------
 # The problem: gradients curv * (x - target) + 0.1 sin(k freq), different per entry and step
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _problem(shapes=SHAPES, seed=0):
-    rng = np.random.default_rng(seed)
-    make = lambda: {k: rng.standard_normal(s) for k, s in shapes.items()}
-    x0, target, freq = make(), make(), make()
-    curv = {k: 0.5 + np.abs(c) for k, c in make().items()}
-    return x0, curv, target, freq
-
-
-def _grad(x, k, curv, target, freq, xp=np):
-    return curv * (x - target) + 0.1 * xp.sin(k * freq)
 
 
 def _run_ours(opt, shapes=SHAPES, n_steps=N_STEPS):

@@ -33,6 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_problems import final_loss as _final_loss
+from reference_problems import grad as _grad
+from reference_problems import least_squares as _least_squares
+from reference_problems import problem as _problem
 
 import jaxopt_lite as jol
 from jaxopt_lite.optimizers.soap import merged_shape
@@ -40,18 +44,6 @@ from jaxopt_lite.optimizers.soap import merged_shape
 N_STEPS = 200
 SHAPES = {"w": (6, 4), "t": (3, 5, 2), "b": (4,), "s": ()}
 SMALL = {"w": (4, 3), "b": (3,)}  # for the tests that compile several programs
-
-
-def _problem(shapes=SHAPES, seed=0):
-    rng = np.random.default_rng(seed)
-    make = lambda: {k: rng.standard_normal(s) for k, s in shapes.items()}
-    x0, target, freq = make(), make(), make()
-    curv = {k: 0.5 + np.abs(c) for k, c in make().items()}
-    return x0, curv, target, freq
-
-
-def _grad(x, k, curv, target, freq, xp=np):
-    return curv * (x - target) + 0.1 * xp.sin(k * freq)
 
 
 def _run_ours(opt, shapes=SHAPES, n_steps=N_STEPS):
@@ -288,26 +280,6 @@ def test_matches_pytorch_optimizer_soap(name, monkeypatch):
 # --------------------------------------------------------------------------------------------------------------------
 # Convergence, traced hyperparameters, vmap, eval_shape, errors
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _least_squares(seed=0):
-    """An ill-conditioned multi-output least-squares problem: loss(W) = ||X W - Y||^2 / n, W of shape (8, 4)."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((64, 8)) @ np.diag(np.logspace(0, 1.5, 8)) @ np.linalg.qr(rng.standard_normal((8, 8)))[0]
-    w_true = rng.standard_normal((8, 4))
-    y = x @ w_true + 0.01 * rng.standard_normal((64, 4))
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    return (lambda w: jnp.mean(jnp.sum((x @ w - y) ** 2, axis=1))), jnp.zeros((8, 4))
-
-
-def _final_loss(opt, loss, w0, steps):
-    def body(carry, _):
-        w, state = carry
-        u, state = opt.update(jax.grad(loss)(w), state, w)
-        return (jol.apply_updates(w, u), state), None
-
-    (w, _), _ = jax.lax.scan(body, (w0, opt.init(w0)), None, length=steps)
-    return loss(w)
 
 
 def test_loss_decreases_faster_than_adam_on_rotated_ill_conditioned_least_squares():
