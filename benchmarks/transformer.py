@@ -267,12 +267,14 @@ def trainer(ctx: Context, spec: LMSpec):
     return train
 
 
-def state_bytes_per_param(ctx: Context, spec: LMSpec, lr: float) -> float:
-    params = _params0(ctx, spec)
-    tx = spec.build(ctx.lib, lr, settings(ctx)["steps"])
+def bytes_per_param(tx: Any, params: Any) -> float:
+    """The bytes of ``tx``'s state (``jax.eval_shape`` of its ``init``: nothing runs) per parameter."""
     state = jax.eval_shape(tx.init, params)
-    n = sum(x.size for x in jax.tree.leaves(params))
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) / n
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) / sum(x.size for x in jax.tree.leaves(params))
+
+
+def state_bytes_per_param(ctx: Context, spec: LMSpec, lr: float) -> float:
+    return bytes_per_param(spec.build(ctx.lib, lr, settings(ctx)["steps"]), _params0(ctx, spec))
 
 
 def _data(ctx: Context) -> tuple[jax.Array, jax.Array]:
@@ -392,13 +394,7 @@ MEMORY_ONLY: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
 def state_memory(ctx: Context) -> dict:
     """Optimizer state bytes per parameter on this section's model, for the methods not trained above."""
     params = _params0(ctx, SPECS[0])
-    n = sum(x.size for x in jax.tree.leaves(params))
-    out = {}
-    for name, needs, build in MEMORY_ONLY:
-        if _has(ctx.lib, needs):
-            state = jax.eval_shape(build(ctx.lib).init, params)
-            out[name] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) / n
-    return out
+    return {name: bytes_per_param(build(ctx.lib), params) for name, needs, build in MEMORY_ONLY if _has(ctx.lib, needs)}
 
 
 # --- tasks ------------------------------------------------------------------------------------------------
