@@ -180,7 +180,7 @@ def trajectories(problem, entries: dict, out: Path, colors: dict | None = None) 
             ax.set_ylabel("f(x) (dimensionless)" if problem.dim == 1 else "x2 (dimensionless)", fontsize=7)
     fig.suptitle(f"{problem.name}: f = {problem.formula}, {problem.steps} steps (square: start, star: minimum)",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # 0.4 inch for the title above the panels' titles
     return _save(fig, out, f"trajectories__{problem.name}")
 
 
@@ -374,7 +374,7 @@ def sweep(sec: dict, out: Path) -> Path:
     a2.axhline(1.0, color="k", lw=0.6, ls=":")
     a2.set_xscale("log")
     a2.set_xlabel("K (learning rates, count)")
-    a2.set_ylabel("loop time / vmap time (ratio, >1: vmap faster)")
+    a2.set_ylabel("loop time / vmap time\n(ratio; > 1: vmap faster)")
     for ax in (a1, a2):
         _few_ticks(ax, 5, 5)
     fig.suptitle(f"Learning-rate sweep: {sec.get('problem')}, {sec.get('optimizer')}, {sec.get('steps')} steps")
