@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import optimizers, problems
+from benchmarks import low_memory, optimizers, problems
 from benchmarks.context import Context, Task, downsample, error_record, finite_or_none
 from benchmarks.loops import epoch_orders, make_step, run_epochs, run_steps, vmap_sweep
 from benchmarks.timing import Runner, compile_timed, measure
@@ -293,5 +293,5 @@ def tasks(ctx: Context, section: str) -> list[Task]:
         if ctx.config.quick and not ctx.config.optimizers:
             specs = [s for s in specs if s.name in QUICK_MLP_OPTIMIZERS] or specs[:3]
             _mlp_section(ctx)["note"] = f"--quick: only {[s.name for s in specs]} (pass --optimizers to choose)"
-        return [_mlp_task(s, ctx.config.pick(1.5, 3.0, 5.0)) for s in specs]
+        return [_mlp_task(s, ctx.config.pick(1.5, 3.0, 5.0)) for s in specs] + low_memory.mlp_task(ctx)
     raise ValueError(section)

@@ -280,6 +280,29 @@ def mlp(sec: dict, out: Path, colors: dict | None = None) -> Path:
     return _save(fig, out, "mlp")
 
 
+def mlp_low_precision(sec: dict, out: Path) -> Path:
+    """Train loss per epoch of each low-precision mode, at the best rate (left) and at a tenth of it (right)."""
+    runs = {m: r for m, r in sec["low_precision"].items() if "train_loss_per_epoch" in r}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), squeeze=False)
+    colors = optimizer_colors(sorted({m.removesuffix("_slow") for m in runs}))
+    for ax, slow in zip(axes[0], (False, True)):
+        for m, r in runs.items():
+            if m.endswith("_slow") == slow:
+                y = np.array([np.nan if v is None else v for v in r["train_loss_per_epoch"]], dtype=float)
+                ax.plot(np.arange(len(y)), y, color=colors[m.removesuffix("_slow")], label=m.removesuffix("_slow"),
+                        lw=1.2, ls="--" if m.startswith("bf16_nearest") else "-")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch (count)", fontsize=8)
+        ax.set_ylabel("train loss (cross-entropy, nats)", fontsize=8)
+        ax.set_title("a tenth of the best rate" if slow else "the best Adam rate", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.tick_params(which="both", labelsize=7)
+        _few_ticks(ax, 4, 4)
+    fig.suptitle("Digits MLP, Adam with warmup-cosine: float32 vs bfloat16 parameters and low-memory state", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, "mlp_low_precision")
+
+
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
     """A trailing moving average (mini-batch losses are noisy); the first points average what there is."""
     c = np.cumsum(np.insert(np.asarray(y, np.float64), 0, 0.0))
@@ -399,6 +422,8 @@ def make_all(ctx: Context, out: Path, sections: list[str] | None = None) -> tupl
         todo.append(("logistic", partial(logistic, r["logistic"], out)))
     if on("mlp") and r.get("mlp", {}).get("results"):
         todo.append(("mlp", partial(mlp, r["mlp"], out, colors)))
+    if on("mlp") and isinstance(r.get("mlp", {}).get("low_precision"), dict) and "error" not in r["mlp"]["low_precision"]:
+        todo.append(("mlp_low_precision", partial(mlp_low_precision, r["mlp"], out)))
     if on("transformer") and r.get("transformer", {}).get("results"):
         from benchmarks.transformer import LOW_PRECISION, SPECS
 
@@ -410,7 +435,7 @@ def make_all(ctx: Context, out: Path, sections: list[str] | None = None) -> tupl
         if any(n in sec["results"] for n in low[1:]):
             todo.append(("transformer_low_precision", partial(
                 transformer, sec, out, low, "transformer_low_precision",
-                "Transformer LM: AdamW with warmup-cosine, float32 vs bfloat16 parameters and 8-bit moments")))
+                "Transformer LM: AdamW with warmup-cosine, float32 vs bfloat16 parameters, 8-bit and bfloat16 moments")))
     if on("update") and r.get("update", {}).get("rows"):
         todo.append(("speed_vs_params", partial(_speed, r["update"]["rows"], "n_params", "parameters (count, one leaf)",
                                                 out, "speed_vs_params", "Update step time vs number of parameters")))

@@ -118,13 +118,13 @@ def build(lib, name: str):
     raise ValueError(name)
 
 
-def _donated_runner(step, params, state, grads) -> tuple[Runner, Compiled]:
+def donated_runner(step, params, state, grads) -> tuple[Runner, Compiled]:
     """``(params, state) <- step(params, state, grads)``, AOT-compiled with params and state donated."""
     compiled = compile_timed(jax.jit(step, donate_argnums=(0, 1)), params, state, grads)
     return Runner(lambda carry: compiled.executable(*carry, grads), (params, state)), compiled
 
 
-def _update_and_apply(lib, tx):
+def update_and_apply(lib, tx):
     def step(params, state, grads):
         updates, state = tx.update(grads, state, params)
         return lib.apply_updates(params, updates), state
@@ -136,7 +136,7 @@ def jax_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compile
     """The optimizer's update plus ``apply_updates``, donated and AOT-compiled, and its compile record."""
     tx = build(lib, name)
     params = make_tree(sizes, 0.01)
-    return _donated_runner(_update_and_apply(lib, tx), params, tx.init(params), grads)
+    return donated_runner(update_and_apply(lib, tx), params, tx.init(params), grads)
 
 
 def fused_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compiled]:
@@ -145,7 +145,7 @@ def fused_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compi
     layout = lib.Layout.of(grads)
     params = lib.Fused((jnp.full((sum(sizes),), 0.01, jnp.float32),), layout)
     flat_grads = lib.Fused((jax.device_put(np.concatenate([np.asarray(g) for g in jax.tree.leaves(grads)])),), layout)
-    return _donated_runner(_update_and_apply(lib, tx), params, tx.init(params), flat_grads)
+    return donated_runner(update_and_apply(lib, tx), params, tx.init(params), flat_grads)
 
 
 KERNEL_ARGS = {
@@ -160,7 +160,7 @@ def kernel_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Comp
     lr = lib.warmup_cosine_decay_schedule(**SCHEDULE) if name == "clip_adamw_cosine" else LR
     opt = lib.kernels.adamw_step(lr, **KERNEL_ARGS[name])
     params = make_tree(sizes, 0.01)
-    return _donated_runner(lambda p, s, g: opt.step(p, g, s), params, opt.init(params), grads)
+    return donated_runner(lambda p, s, g: opt.step(p, g, s), params, opt.init(params), grads)
 
 
 def _torch_lr_lambda(step: int) -> float:
@@ -217,7 +217,7 @@ def _torch_variants(ctx: Context) -> list[str]:
 def absent_peers(ctx: Context) -> dict[str, str]:
     """Peers whose columns are missing, and why (the report says so instead of leaving a silent gap)."""
     absent = {}
-    if ctx.lib.__name__ != "optax" and "optax" not in _peer_libraries(ctx):
+    if ctx.lib.__name__ != "optax" and "optax" not in peer_libraries(ctx):
         absent["optax"] = "not installed; pip install optax"
     try:
         import torch  # noqa: F401
@@ -231,7 +231,7 @@ def absent_peers(ctx: Context) -> dict[str, str]:
     return absent
 
 
-def _peer_libraries(ctx: Context) -> dict[str, object]:
+def peer_libraries(ctx: Context) -> dict[str, object]:
     peers = {}
     for name in ("optax",):
         if name == ctx.lib.__name__:
@@ -266,7 +266,7 @@ def measure_step(ctx: Context, name: str, sizes: list[int], tree_path: bool = Tr
     if len(sizes) > 1 and hasattr(ctx.lib, "fuse"):
         builders[f"{lib_name}_fused"] = lambda: fused_runner(ctx.lib, name, sizes, grads)
     if tree_path:
-        for peer, lib in _peer_libraries(ctx).items():
+        for peer, lib in peer_libraries(ctx).items():
             builders[peer] = lambda lib=lib: jax_runner(lib, name, sizes, grads)
     for variant in _torch_variants(ctx):
         builders[f"torch_{variant}"] = lambda v=variant: (torch_runner(name, sizes, grads, v), None)
@@ -335,7 +335,9 @@ def _task(section: str, name: str, n: int, leaves: int, tree_path: bool = True) 
 def tasks(ctx: Context, section: str) -> list[Task]:
     ctx.section(section)["peers_absent"] = absent_peers(ctx)
     if section == "update":
-        return [_task(section, name, n, 1) for n in single_leaf_sizes(ctx) for name in OPTIMIZERS]
+        from benchmarks import low_memory  # here: it imports this module
+
+        return [_task(section, name, n, 1) for n in single_leaf_sizes(ctx) for name in OPTIMIZERS] + low_memory.tasks(ctx)
     if section == "leaves":
         limit = tree_leaf_limit(ctx)
         fused = hasattr(ctx.lib, "fuse")

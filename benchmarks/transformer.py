@@ -10,7 +10,8 @@
   and against wall time, and the validation loss at the end (at the averaged iterate for
   schedule-free). The low-memory and low-precision variants (:data:`LOW_PRECISION`:
   bfloat16 parameters rounded to nearest, stochastically, or Kahan-compensated; 8-bit
-  moments) then run at AdamW's best rate with a warmup-cosine schedule (small late steps
+  moments; bfloat16 moments rounded stochastically) then run at AdamW's best rate with a
+  warmup-cosine schedule (small late steps
   are where bfloat16 rounding to nearest loses updates), against float32 AdamW on the same
   schedule. Last,
   Muon's step with every same-shaped matrix in one batched Newton-Schulz call is timed
@@ -234,6 +235,12 @@ LOW_PRECISION: tuple[LMSpec, ...] = (
         "quantize_state",
         0.0,
         lambda lib, lr, n: lib.quantize_state(_adamw_cosine(lib, lr, n), bits=8),
+    ),
+    LMSpec(
+        "adamw_cosine_bf16_state_stochastic",
+        "low_precision_state",
+        0.0,
+        lambda lib, lr, n: lib.low_precision_state(_adamw_cosine(lib, lr, n), key=0),
     ),
 )
 

@@ -239,6 +239,10 @@ from jaxopt_lite.transforms.low_precision import (
     round_stochastic,
     stochastic_rounding,
 )
+from jaxopt_lite.wrappers.low_precision_state import (
+    LowPrecisionState,
+    low_precision_state,
+)
 from jaxopt_lite.wrappers.quantize_state import (
     QuantizedArray,
     QuantizedState,

@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxopt_lite import _checks
 
@@ -149,6 +150,34 @@ def safe_increment(count: Any) -> jax.Array:
 
 
 safe_int32_increment = safe_increment
+
+
+def hashed_bits(seed: jax.Array, like: jax.Array) -> jax.Array:
+    """32 random bits (``uint32``) per entry of ``like`` (its shape and sharding), from a ``uint32`` ``seed``: each
+    entry's flat index through MurmurHash3's finalizer. A counter-based generator of a few integer operations per
+    entry, for stochastic rounding, where ``jax.random.bits`` would cost several times an Adam step on CPU; draw a
+    fresh ``seed`` (one ``jax.random.bits``) per step and leaf."""
+    shape = jnp.shape(like)
+    sharding = jax.typeof(like).sharding if isinstance(like, jax.Array) else None
+    h = jnp.zeros(shape, jnp.uint32) if shape else jnp.uint32(0)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        h = h + lax.broadcasted_iota(jnp.uint32, shape, axis, out_sharding=sharding) * np.uint32(stride % 2**32)
+        stride *= shape[axis]
+    h = h * np.uint32(0x9E3779B9) + seed
+    h = (h ^ (h >> 16)) * np.uint32(0x85EBCA6B)
+    h = (h ^ (h >> 13)) * np.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+_NARROW_FLOATS = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def widen(x: Any) -> jax.Array:
+    """``x`` as an array, in float32 if it is bfloat16 or float16 (else unchanged): arithmetic on low-precision
+    state runs in float32 and is rounded once, where it is stored (8 significant bits lose ``0.999 * m``)."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.float32) if x.dtype in _NARROW_FLOATS else x
 
 
 def accumulation_dtype(leaves: list) -> Any:

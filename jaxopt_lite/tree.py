@@ -356,25 +356,31 @@ def _map_moments(leaf, updates: Tree, moments: Tree) -> Tree:
     )
 
 
-def update_moment(updates: Tree, moments: Tree, decay: Any, order: int) -> Tree:
-    """``decay * m + (1 - decay) * u**order``, in each moment's dtype."""
+def _stored(new: jax.Array, m: Any, widened: bool) -> jax.Array:
+    return new if widened else new.astype(jnp.result_type(m))
+
+
+def update_moment(updates: Tree, moments: Tree, decay: Any, order: int, *, widened: bool = False) -> Tree:
+    """``decay * m + (1 - decay) * u**order``, in each moment's dtype (computed in float32 when it or ``u`` is
+    bfloat16 or float16, and rounded once). ``widened=True`` skips that rounding: a bfloat16 or float16 moment
+    comes back in float32, for a step computed from it before the caller stores it rounded."""
     keep = 1.0 - decay  # once, not once per leaf
 
     def leaf(g, m):
-        return jnp.asarray(decay * m + keep * (g if order == 1 else g**order)).astype(jnp.result_type(m))
+        g = _numerics.widen(g)
+        return _stored(decay * _numerics.widen(m) + keep * (g if order == 1 else g**order), m, widened)
 
     return _map_moments(leaf, updates, moments)
 
 
-def update_moment_per_elem_norm(updates: Tree, moments: Tree, decay: Any, order: int) -> Tree:
-    """``decay * m + (1 - decay) * |u|**order``: ``|u|**2`` is ``u * conj(u)``, real for complex ``u``."""
+def update_moment_per_elem_norm(updates: Tree, moments: Tree, decay: Any, order: int, *, widened: bool = False) -> Tree:
+    """``decay * m + (1 - decay) * |u|**order``: ``|u|**2`` is ``u * conj(u)``, real for complex ``u`` (low
+    precision: as :func:`update_moment`)."""
 
     def leaf(g, m):
-        if order == 2:
-            mag = _numerics.abs_sq(g)
-        else:
-            mag = jnp.abs(g) ** order
-        return jnp.asarray(decay * m + keep * mag).astype(jnp.result_type(m))
+        g = _numerics.widen(g)
+        mag = _numerics.abs_sq(g) if order == 2 else jnp.abs(g) ** order
+        return _stored(decay * _numerics.widen(m) + keep * mag, m, widened)
 
     keep = 1.0 - decay
     return _map_moments(leaf, updates, moments)
@@ -384,7 +390,8 @@ def update_infinity_moment(updates: Tree, moments: Tree, decay: Any, eps: Any) -
     """``max(decay * m, |u| + eps)``, the exponentially weighted infinity norm (AdaMax)."""
 
     def leaf(g, m):
-        out = jnp.maximum(jnp.real(decay * m) if jnp.iscomplexobj(m) else decay * m, jnp.abs(g) + eps)
+        decayed = decay * _numerics.widen(m)
+        out = jnp.maximum(jnp.real(decayed) if jnp.iscomplexobj(m) else decayed, jnp.abs(_numerics.widen(g)) + eps)
         return out.astype(jnp.result_type(m))
 
     return _map_moments(leaf, updates, moments)

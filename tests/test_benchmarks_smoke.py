@@ -123,6 +123,18 @@ def test_mlp_sweep(run):
         assert r["best_lr"] in r["lr_grid"]
         assert 0.5 < r["test_accuracy"] <= 1.0, opt  # digits: far above chance (10%) after a few epochs
         assert _finite(r["final_train_loss"])
+    low = res["mlp"]["low_precision"]
+    assert set(low) == {"float32", "bf16_nearest", "bf16_stochastic", "bf16_kahan", "8bit_state",
+                        "bf16_state_stochastic", "float32_slow", "bf16_nearest_slow", "bf16_stochastic_slow",
+                        "bf16_kahan_slow"}
+    for mode, r in low.items():
+        assert "error" not in r, (mode, r.get("error"))
+        assert _finite(r["final_val_loss"]) and 0.5 < r["test_accuracy"] <= 1.0, mode
+        assert mode.startswith("float32") or _finite(r["val_loss_vs_float32"]), mode
+    assert 8.0 <= low["float32"]["state_bytes_per_param"] < 8.01  # and a count
+    assert 6.0 <= low["bf16_kahan"]["state_bytes_per_param"] < 6.01  # bfloat16 moments and compensation
+    assert low["8bit_state"]["state_bytes_per_param"] < 2.2
+    assert low["bf16_state_stochastic"]["state_bytes_per_param"] < 4.01
 
 
 def test_transformer_language_model(run):
@@ -132,7 +144,7 @@ def test_transformer_language_model(run):
     sec = res["transformer"]
     rows = sec["results"]
     assert set(rows) >= {"adamw", "adamw_cosine", "adamw_cosine_bf16_nearest", "adamw_cosine_bf16_stochastic",
-                         "adamw_cosine_bf16_kahan"}, rows.keys()
+                         "adamw_cosine_bf16_kahan", "adamw_cosine_bf16_state_stochastic"}, rows.keys()
     for name, r in rows.items():
         assert "error" not in r, (name, r)
         assert _finite(r["final_val_loss"]) and _positive(r["step_s"]), name
@@ -192,6 +204,17 @@ def test_speed_rows(run, section):
             assert _positive(ratio), (r["optimizer"], impl)
         if "torch" not in res["meta"]["machine"]["versions"] or not res["meta"]["machine"]["versions"]["torch"]:
             assert "torch.optim" in res[section]["peers_absent"]  # absent columns are said to be absent
+    if section == "update":  # the low-memory modes, timed against float32 Adam in one run
+        modes = res["update"]["state_modes"]["modes"]
+        assert {"adam_float32", "adam_bf16_moments", "low_precision_state_sr", "quantize_state_8bit",
+                "quantize_state_4bit", "bf16_params_sr", "bf16_params_kahan", "optax_adam_bf16_mu"} <= set(modes)
+        for mode, rec in modes.items():
+            assert "error" not in rec, (mode, rec.get("error"))
+            assert _positive(rec["time"]["median_s"]) and _positive(rec["vs_float32_adam"]), mode
+        assert modes["adam_float32"]["vs_float32_adam"] == 1.0
+        bytes_ = {m: rec["state_bytes_per_param"] for m, rec in modes.items()}
+        assert bytes_["adam_float32"] > bytes_["adam_bf16_moments"] > bytes_["quantize_state_8bit"] > bytes_[
+            "quantize_state_4bit"]
 
 
 def test_sweep_vmap_matches_loop(run):
@@ -213,7 +236,7 @@ def test_report_and_plots(run):
         assert heading in report, heading
     expected = [f"trajectories__{p}.png" for p in TOY_PROBLEMS]
     expected += ["toy_losses.png", "logistic.png", "mlp.png", "speed_vs_params.png", "speed_vs_leaves.png", "sweep.png",
-                 "transformer.png", "transformer_low_precision.png"]
+                 "transformer.png", "transformer_low_precision.png", "mlp_low_precision.png"]
     for name in expected:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name

@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 import jaxopt_lite as jol
 
 OPTIMIZER_NAMES = ["adam", "sgd_momentum", "lion", "adafactor", "sm3", "lamb", "clip_adamw_schedule",
-                   "multisteps_adam", "inject_adam"]
+                   "multisteps_adam", "inject_adam", "bf16_state_adam"]
 MESHES = ["data2_model4", "data4_model2"]  # ZeRO-1 meshes: (data, model) sizes
 RTOL = 1e-6  # float32
 
@@ -70,6 +70,7 @@ SCRIPT = textwrap.dedent(
                 jol.clip_by_global_norm(1.0), jol.adamw(jol.linear_schedule(1e-2, 1e-3, 10), weight_decay=0.1)),
             "multisteps_adam": lambda: jol.MultiSteps(jol.adam(1e-2), every_k_schedule=2),
             "inject_adam": lambda: jol.inject_hyperparams(jol.adam)(learning_rate=1e-2),
+            "bf16_state_adam": lambda: jol.low_precision_state(jol.adam(1e-2), key=0),
         }[name]()
 
     SHAPES = {"w": (8, 12), "v": (12, 8), "g": (8, 8), "b": (16,), "o": (5,), "s": ()}
@@ -131,8 +132,12 @@ SCRIPT = textwrap.dedent(
         allclose(rtol=RTOL, atol=RTOL * max |want|)): a relative tolerance on the scale of each leaf, as
         sharded reductions (norms, means) sum in another order than on one device."""
         worst, bad = 0.0, []
+
+        def plain(x):  # a typed PRNG key (stochastic rounding's) as its key data
+            return jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+
         for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
-            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            a, b = np.asarray(plain(a), np.float64), np.asarray(plain(b), np.float64)
             if not a.size:
                 continue
             scale = float(np.max(np.abs(b)))

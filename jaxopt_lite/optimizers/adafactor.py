@@ -32,7 +32,7 @@ class FactoredState(NamedTuple):
 
     For a factored leaf ``v_row`` and ``v_col`` hold the row and column statistics and ``v`` is a
     ``(1,)`` placeholder; for any other leaf ``v`` has the leaf's shape and ``v_row``, ``v_col`` are
-    ``(1,)`` placeholders (Optax's layout). All in the parameter's dtype.
+    ``(1,)`` placeholders (Optax's layout). All stored in the parameter's dtype (computed in at least float32).
     """
 
     count: jax.Array
@@ -96,6 +96,9 @@ def scale_by_factored_rms(
     ``beta_t`` carries float32 rounding in float64 runs. Complex parameters: ``|g|^2`` is real and
     the statistics are kept in the parameter's (complex) dtype with zero imaginary part, as Optax.
     ``params`` may be left out of ``update`` here (Optax requires it; shapes come from the updates).
+    Low precision: for float16 or bfloat16 parameters the statistics and the update are computed in
+    float32 (``epsilon = 1e-30`` is 0 in float16, and zero gradients would give ``0 / 0``) and rounded
+    once, to the state's and the update's dtype; float32 and float64 are computed in their own dtype.
     Defaults (Optax's): ``factored=True, decay_rate=0.8, step_offset=0, min_dim_size_to_factor=128,
     epsilon=1e-30``.
     """
@@ -140,24 +143,25 @@ def scale_by_factored_rms(
             _tree.check_same_shapes(updates, params, "updates", "params")
         beta = decay_rate_fn(state.count - step_offset, decay_rate)
 
-        def ema(old, new):
-            return (beta * old + (1.0 - beta) * new).astype(old.dtype)
+        def ema(old, new):  # in at least float32; the caller rounds it to the state's dtype
+            return beta * numerics.widen(old) + (1.0 - beta) * new
 
         def leaf(g, r, c, v):
-            g2 = numerics.abs_sq(g) + epsilon
+            wide_g = numerics.widen(g)
+            g2 = numerics.abs_sq(wide_g) + epsilon  # epsilon = 1e-30 would be 0 in float16
             fd = dims(g.shape)
             if fd is None:
-                v = ema(v, g2)
-                u = g * jnp.real(v) ** -0.5
-            else:
-                small, large = fd
-                r = ema(r, jnp.mean(g2, axis=large))
-                c = ema(c, jnp.mean(g2, axis=small))
-                small_in_r = small - 1 if small > large else small
-                rr, cr = jnp.real(r), jnp.real(c)
-                row_factor = (rr / jnp.mean(rr, axis=small_in_r, keepdims=True)) ** -0.5
-                u = g * jnp.expand_dims(row_factor, large) * jnp.expand_dims(cr ** -0.5, small)
-            return u.astype(g.dtype), r, c, v
+                new_v = ema(v, g2)
+                u = wide_g * jnp.real(new_v) ** -0.5
+                return u.astype(g.dtype), r, c, new_v.astype(v.dtype)
+            small, large = fd
+            new_r = ema(r, jnp.mean(g2, axis=large))
+            new_c = ema(c, jnp.mean(g2, axis=small))
+            small_in_r = small - 1 if small > large else small
+            rr, cr = jnp.real(new_r), jnp.real(new_c)
+            row_factor = (rr / jnp.mean(rr, axis=small_in_r, keepdims=True)) ** -0.5
+            u = wide_g * jnp.expand_dims(row_factor, large) * jnp.expand_dims(cr ** -0.5, small)
+            return u.astype(g.dtype), new_r.astype(r.dtype), new_c.astype(c.dtype), v
 
         treedef = jax.tree.structure(updates)
         out, v_row, v_col, v = _tree.unzip_leaves(

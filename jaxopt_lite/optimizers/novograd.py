@@ -74,7 +74,9 @@ def scale_by_novograd(
     passed to ``update`` unless ``weight_decay`` is a concrete 0. Complex leaves use ``||g||^2 = sum |g|^2``.
     With ``eps = eps_root = 0`` a leaf whose gradients were all 0 gets a 0 step (Optax's is ``nan``).
     Memory: one number per parameter plus one scalar per leaf. ``mu_dtype`` stores ``m`` in another dtype;
-    the output keeps the gradients' dtype (Optax returns it in ``mu_dtype``).
+    the output (``m`` as stored) keeps the gradients' dtype (Optax returns it in ``mu_dtype``). Low precision:
+    for float16 or bfloat16 leaves ``v``, the step and ``m`` are computed in float32 (``eps`` would round to 0
+    in float16) and rounded once, to the state's dtypes; float32 and float64 use their own dtype.
     Defaults: ``b1=0.9, b2=0.25, eps=1e-8, eps_root=0, weight_decay=0`` (the alias :func:`novograd` has
     ``eps=1e-6``, as Optax).
     """
@@ -105,13 +107,14 @@ def scale_by_novograd(
         wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
 
         def leaf(g, p, m, v):
-            sq = jnp.sum(numerics.abs_sq(g))
-            v = jnp.where(first, sq, b2 * v + (1.0 - b2) * sq).astype(v.dtype)
-            step = numerics.safe_div(g, numerics.safe_sqrt(jnp.real(v) + eps_root) + eps)  # 0 if all g were 0
+            wide_g = numerics.widen(g)  # eps = 1e-8 would be 0 in float16
+            sq = jnp.sum(numerics.abs_sq(wide_g))
+            new_v = jnp.where(first, sq, b2 * numerics.widen(v) + (1.0 - b2) * sq)
+            step = numerics.safe_div(wide_g, numerics.safe_sqrt(jnp.real(new_v) + eps_root) + eps)  # 0 if all g were 0
             if p is not None:
-                step = step + wd * p
-            m = (b1 * m + step).astype(m.dtype)
-            return m.astype(g.dtype), m, v
+                step = step + wd * numerics.widen(p)
+            new_m = (b1 * numerics.widen(m) + step).astype(m.dtype)
+            return new_m.astype(g.dtype), new_m, new_v.astype(v.dtype)
 
         treedef = jax.tree.structure(updates)
         p_leaves = [None] * treedef.num_leaves if params is None else treedef.flatten_up_to(params)

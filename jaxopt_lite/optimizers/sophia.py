@@ -143,7 +143,9 @@ def scale_by_sophia(
     is Rademacher (the paper: Gaussian). Effective EMA rate of ``h`` per step:
     ``1 - (1 - b2) / update_interval``. ``verbose`` prints the fraction of unclipped coordinates
     (the "win rate", 0.1-0.5 is healthy) every ``print_win_rate_every_n_steps`` steps (0: never).
-    ``mu`` is kept in ``mu_dtype`` (default: the params'); the updates in the params' dtypes.
+    ``mu`` is kept in ``mu_dtype`` (default: the params'); the updates in the params' dtypes. Low
+    precision: for float16 or bfloat16 state ``m_hat / max(gamma h, eps)`` and the clip are computed in
+    float32 (``eps`` would round to 0 in float16) and rounded once, to the update's dtype.
     Memory: two numbers per parameter. Defaults (Optax's): ``b1=0.965, b2=0.99, eps=1e-8,
     gamma=0.01, clip_threshold=1, update_interval=10``.
     """
@@ -173,8 +175,9 @@ def scale_by_sophia(
         _tree.check_same_shapes(updates, state.mu, "updates", f"{owner} state")
         count = numerics.safe_increment(state.count)
         mu = _tree.update_moment(updates, state.mu, b1, 1)
-        mu_hat = _tree.bias_correction(mu, b1, count)
-        direction = jax.tree.map(lambda m, h: m / jnp.maximum(gamma * h, eps), mu_hat, state.nu)
+        # In at least float32, rounded once at the end (eps = 1e-8 would be 0 in float16: 0 / 0 on zero gradients).
+        mu_hat = _tree.bias_correction(jax.tree.map(numerics.widen, mu), b1, count)
+        direction = jax.tree.map(lambda m, h: m / jnp.maximum(gamma * numerics.widen(h), eps), mu_hat, state.nu)
         if clip_threshold is not None:
             if verbose:
                 leaves = jax.tree.leaves(direction)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.numerics import abs_sq, known_positive, known_zero, safe_div, safe_sqrt, safe_sqrt_all
+from jaxopt_lite.numerics import abs_sq, known_positive, known_zero, safe_div, safe_sqrt, safe_sqrt_all, widen
 from jaxopt_lite.base import GradientTransformation, pytree_factory
 
 
@@ -109,10 +109,11 @@ def _moments_init(owner: str, params: Any, mu_dtype: Any, nu_dtype: Any) -> tupl
 
 
 def _adam_moments(owner: str, updates: Any, state: Any, b1: Any, b2: Any) -> tuple[Any, Any, jax.Array]:
-    """The raw moment updates shared by the Adam family."""
+    """The raw moment updates shared by the Adam family, in float32 where stored in bfloat16 or float16 (the step
+    is computed from them; the caller rounds them once, storing them with ``_tree.cast_like``)."""
     _tree.check_same_shapes(updates, state.mu, "updates", f"{owner} state")
-    mu = _tree.update_moment(updates, state.mu, b1, 1)
-    nu = _tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    mu = _tree.update_moment(updates, state.mu, b1, 1, widened=True)
+    nu = _tree.update_moment_per_elem_norm(updates, state.nu, b2, 2, widened=True)
     return mu, nu, _tree.safe_increment(state.count)
 
 
@@ -127,11 +128,12 @@ def _nesterov_first_moment(updates: Any, mu: Any, b1: Any, count: jax.Array) -> 
 
 
 def _roots(second: Any, eps_root: Any = 0.0) -> Any:
-    """``sqrt(v + eps_root)`` of every second moment (real even when stored in a complex dtype), with a
+    """``sqrt(v + eps_root)`` of every second moment (real even when stored in a complex dtype; float32 when stored
+    in bfloat16 or float16), with a
     finite derivative at 0 (so meta-gradients stay finite where a gradient coordinate is exactly zero).
     One :func:`safe_sqrt_all` for the tree; a concrete zero ``eps_root`` adds nothing."""
     leaves, treedef = jax.tree.flatten(second)
-    shifted = [jnp.real(v) if jnp.iscomplexobj(v) else v for v in leaves]
+    shifted = [widen(jnp.real(v) if jnp.iscomplexobj(v) else v) for v in leaves]
     if not known_zero(eps_root):
         shifted = [v + eps_root for v in shifted]
     return treedef.unflatten(list(safe_sqrt_all(tuple(shifted))))
@@ -146,10 +148,11 @@ def _divide(eps: Any) -> Callable[[Any, Any], Any]:
 
 
 def _ratio(numerators: Any, second: Any, eps: Any, eps_root: Any, like: Any) -> Any:
-    """``n / (sqrt(v + eps_root) + eps)``, leaf by leaf, in the dtype of ``like``."""
+    """``n / (sqrt(v + eps_root) + eps)``, leaf by leaf, computed in at least float32 and rounded once to the dtype
+    of ``like``."""
     divide = _divide(eps)
     return jax.tree.map(
-        lambda n, r, g: divide(n, r + eps).astype(g.dtype), numerators, _roots(second, eps_root), like
+        lambda n, r, g: divide(widen(n), r + eps).astype(g.dtype), numerators, _roots(second, eps_root), like
     )
 
 
@@ -174,7 +177,10 @@ def scale_by_adam(
 
     ``eps`` is outside the root (as the paper, Optax and PyTorch); ``eps_root``
     inside it (useful when differentiating through Adam). ``mu_dtype`` and
-    ``nu_dtype`` store the moments in another dtype (default: the params').
+    ``nu_dtype`` store the moments in another dtype (default: the params'):
+    bfloat16 or float16 moments are updated in float32, the step is computed
+    from them before they are rounded once to nearest for the state (for
+    unbiased stochastic rounding, wrap in :func:`~jaxopt_lite.low_precision_state`).
     Defaults: ``b1=0.9, b2=0.999, eps=1e-8, eps_root=0``.
     """
     _check_betas("scale_by_adam", b1=b1, b2=b2)
@@ -192,7 +198,8 @@ def scale_by_adam(
         else:
             mu_hat = _tree.bias_correction(mu, b1, count)
         nu_hat = _tree.bias_correction(nu, b2, count)
-        return _ratio(mu_hat, nu_hat, eps, eps_root, updates), ScaleByAdamState(count=count, mu=mu, nu=nu)
+        new_state = ScaleByAdamState(count=count, mu=_tree.cast_like(mu, state.mu), nu=_tree.cast_like(nu, state.nu))
+        return _ratio(mu_hat, nu_hat, eps, eps_root, updates), new_state
 
     return GradientTransformation(init, update)
 
@@ -244,7 +251,8 @@ def scale_by_nadam(
             return divide(grad_coef * g + mom_coef * m, r + eps).astype(g.dtype)
 
         out = jax.tree.map(leaf, updates, mu, _roots(nu_hat, eps_root))
-        return out, ScaleByNadamState(count=count, mu=mu, nu=nu, mu_product=mu_product.astype(state.mu_product.dtype))
+        return out, ScaleByNadamState(count=count, mu=_tree.cast_like(mu, state.mu), nu=_tree.cast_like(nu, state.nu),
+                                      mu_product=mu_product.astype(state.mu_product.dtype))
 
     return GradientTransformation(init, update)
 
@@ -292,13 +300,15 @@ def scale_by_amsgrad(
         def debias_nu(x):
             return _tree.bias_correction(x, b2, count) if bias_correction_nu else x
 
+        old_max = jax.tree.map(widen, state.nu_max)
         if max_over == "debiased":
-            nu_max = jax.tree.map(_real_maximum, state.nu_max, debias_nu(nu))
+            nu_max = jax.tree.map(_real_maximum, old_max, debias_nu(nu))
             denom_sq = nu_max
         else:
-            nu_max = jax.tree.map(_real_maximum, state.nu_max, nu)
+            nu_max = jax.tree.map(_real_maximum, old_max, nu)
             denom_sq = debias_nu(nu_max)
-        new_state = ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
+        new_state = ScaleByAmsgradState(count=count, mu=_tree.cast_like(mu, state.mu), nu=_tree.cast_like(nu, state.nu),
+                                        nu_max=_tree.cast_like(nu_max, state.nu_max))
         return _ratio(mu_hat, denom_sq, eps, eps_root, updates), new_state
 
     return GradientTransformation(init, update)
@@ -335,15 +345,15 @@ def scale_by_adamax(
         nu = _tree.update_infinity_moment(updates, state.nu, b2, eps)
         mu_hat = _tree.bias_correction(mu, b1, count)
         out = jax.tree.map(lambda m, v, g: safe_div(m, jnp.real(v)).astype(g.dtype), mu_hat, nu, updates)
-        return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return out, ScaleByAdamState(count=count, mu=_tree.cast_like(mu, state.mu), nu=_tree.cast_like(nu, state.nu))
 
     return GradientTransformation(init, update)
 
 
 def _rms_divide(g: jax.Array, second: jax.Array, eps: Any, eps_in_sqrt: bool) -> jax.Array:
-    second = jnp.maximum(jnp.real(second), 0.0)  # a centered estimate can round below 0
+    second = jnp.maximum(jnp.real(widen(second)), 0.0)  # a centered estimate can round below 0
     denom = safe_sqrt(second + eps) if eps_in_sqrt else safe_sqrt(second) + eps
-    return safe_div(g, denom).astype(g.dtype)
+    return safe_div(widen(g), denom).astype(g.dtype)
 
 
 @pytree_factory
@@ -372,12 +382,13 @@ def scale_by_rms(
     def update(updates, state, params=None):
         del params
         _tree.check_same_shapes(updates, state.nu, "updates", "scale_by_rms state")
-        nu = _tree.update_moment_per_elem_norm(updates, state.nu, decay, 2)
+        nu = _tree.update_moment_per_elem_norm(updates, state.nu, decay, 2, widened=True)
+        stored = _tree.cast_like(nu, state.nu)
         if bias_correction:
             count = _tree.safe_increment(state.count)
-            nu_hat, new_state = _tree.bias_correction(nu, decay, count), ScaleByRmsWithCountState(count, nu)
+            nu_hat, new_state = _tree.bias_correction(nu, decay, count), ScaleByRmsWithCountState(count, stored)
         else:
-            nu_hat, new_state = nu, ScaleByRmsState(nu)
+            nu_hat, new_state = nu, ScaleByRmsState(stored)
         return jax.tree.map(lambda g, v: _rms_divide(g, v, eps, eps_in_sqrt), updates, nu_hat), new_state
 
     return GradientTransformation(init, update)
@@ -411,14 +422,15 @@ def scale_by_stddev(
     def update(updates, state, params=None):
         del params
         _tree.check_same_shapes(updates, state.nu, "updates", "scale_by_stddev state")
-        mu = _tree.update_moment(updates, state.mu, decay, 1)
-        nu = _tree.update_moment_per_elem_norm(updates, state.nu, decay, 2)
+        mu = _tree.update_moment(updates, state.mu, decay, 1, widened=True)
+        nu = _tree.update_moment_per_elem_norm(updates, state.nu, decay, 2, widened=True)
+        stored = (_tree.cast_like(mu, state.mu), _tree.cast_like(nu, state.nu))
         if bias_correction:
             count = _tree.safe_increment(state.count)
             mu_hat, nu_hat = _tree.bias_correction(mu, decay, count), _tree.bias_correction(nu, decay, count)
-            new_state = ScaleByRStdDevWithCountState(count, mu, nu)
+            new_state = ScaleByRStdDevWithCountState(count, *stored)
         else:
-            mu_hat, nu_hat, new_state = mu, nu, ScaleByRStdDevState(mu, nu)
+            mu_hat, nu_hat, new_state = mu, nu, ScaleByRStdDevState(*stored)
         out = jax.tree.map(lambda g, m, v: _rms_divide(g, jnp.real(v) - abs_sq(m), eps, eps_in_sqrt), updates, mu_hat, nu_hat)
         return out, new_state
 
@@ -531,7 +543,7 @@ def scale_by_radam(
         out = jax.tree.map(
             lambda a, m, g: jnp.where(rectify, r * a, m).astype(g.dtype), adam_dir, mu_hat, updates
         )
-        return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return out, ScaleByAdamState(count=count, mu=_tree.cast_like(mu, state.mu), nu=_tree.cast_like(nu, state.nu))
 
     return GradientTransformation(init, update)
 
@@ -611,12 +623,13 @@ def scale_by_belief(
         del params
         _tree.check_same_shapes(updates, state.mu, "updates", "scale_by_belief state")
         count = _tree.safe_increment(state.count)
-        mu = _tree.update_moment(updates, state.mu, b1, 1)
-        surprise = jax.tree.map(lambda g, m: g - m, updates, mu)
-        nu = _tree.update_moment_per_elem_norm(surprise, state.nu, b2, 2)
+        mu = _tree.update_moment(updates, state.mu, b1, 1, widened=True)
+        surprise = jax.tree.map(lambda g, m: widen(g) - m, updates, mu)
+        nu = _tree.update_moment_per_elem_norm(surprise, state.nu, b2, 2, widened=True)
         nu = jax.tree.map(lambda v: (v + eps_root).astype(v.dtype), nu)
         mu_hat = _nesterov_first_moment(updates, mu, b1, count) if nesterov else _tree.bias_correction(mu, b1, count)
         nu_hat = _tree.bias_correction(nu, b2, count)
-        return _ratio(mu_hat, nu_hat, eps, 0.0, updates), ScaleByBeliefState(count=count, mu=mu, nu=nu)
+        new_state = ScaleByBeliefState(count=count, mu=_tree.cast_like(mu, state.mu), nu=_tree.cast_like(nu, state.nu))
+        return _ratio(mu_hat, nu_hat, eps, 0.0, updates), new_state
 
     return GradientTransformation(init, update)

@@ -7,6 +7,7 @@ import jax
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import GradientTransformation, pytree_factory
+from jaxopt_lite.numerics import widen
 
 
 class TraceState(NamedTuple):
@@ -37,7 +38,8 @@ def trace(
     Optax's ``trace`` and ``torch.optim.SGD``'s default; ``dampening=decay``
     gives the averaged form ``t <- decay * t + (1 - decay) * u`` of the seed
     articles (an undebiased EMA). ``decay`` and ``dampening`` in ``[0, 1]``;
-    ``decay=1`` is a plain running sum of the updates (as Optax).
+    ``decay=1`` is a plain running sum of the updates (as Optax). A bfloat16 or
+    float16 ``accumulator_dtype`` is updated in float32 and rounded once.
     """
     _checks.check_range("trace", "decay", decay, low=0.0, high=1.0)
     _checks.check_range("trace", "dampening", dampening, low=0.0, high=1.0)
@@ -50,7 +52,7 @@ def trace(
         del params
         _tree.check_same_shapes(updates, state.trace, "updates", "trace state")
         new_trace = jax.tree.map(
-            lambda g, t: ((1.0 - dampening) * g + decay * t).astype(t.dtype), updates, state.trace
+            lambda g, t: ((1.0 - dampening) * widen(g) + decay * widen(t)).astype(t.dtype), updates, state.trace
         )
         if nesterov:
             out = jax.tree.map(lambda g, t: (g + decay * t).astype(g.dtype), updates, new_trace)
@@ -78,7 +80,7 @@ def ema(decay: float | jax.Array, debias: bool = True, accumulator_dtype: Any = 
 
     def update(updates, state, params=None):
         del params
-        new_ema = _tree._map_moments(lambda g, m: decay * m + (1.0 - decay) * g, updates, state.ema)  # noqa: SLF001
+        new_ema = _tree._map_moments(lambda g, m: decay * widen(m) + (1.0 - decay) * widen(g), updates, state.ema)  # noqa: SLF001
         count = _tree.safe_increment(state.count)
         out = _tree.bias_correction(new_ema, decay, count) if debias else new_ema
         return _tree.cast_like(out, updates), EmaState(count=count, ema=_tree.cast_like(new_ema, state.ema))

@@ -62,6 +62,10 @@ from jaxopt_lite.wrappers.masking import (
     partition,
     selective_transform,
 )
+from jaxopt_lite.wrappers.low_precision_state import (
+    LowPrecisionState,
+    low_precision_state,
+)
 from jaxopt_lite.wrappers.quantize_state import (
     QuantizedArray,
     QuantizedState,
@@ -82,6 +86,7 @@ __all__ = [
     "LookaheadParams",
     "LookaheadState",
     "MaskedNode",
+    "LowPrecisionState",
     "MaskedState",
     "MultiSteps",
     "MultiStepsState",
@@ -103,6 +108,7 @@ __all__ = [
     "inject_hyperparams",
     "inject_stateful_hyperparams",
     "lookahead",
+    "low_precision_state",
     "masked",
     "max_rounding_error",
     "multi_transform",

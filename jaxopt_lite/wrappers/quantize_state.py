@@ -103,10 +103,10 @@ Memory per quantized entry: 8-bit :math:`1 + 4/B` bytes (1.0156 for ``B = 256``)
 against 4 for ``float32``. 8-bit Adam's state takes 2.03 bytes per parameter, 4-bit Adam's 1.03 (float32's 8;
 measured with ``jax.eval_shape(init)`` on 512 x 512, 1024 x 4096 and 50257 x 768 matrices). A last axis shorter
 than ``B`` costs nothing extra (blocks merge trailing axes); a leaf whose entries do not fill whole blocks pays one
-scale per partial block. Time (2-core CPU, one 1024 x 1024 leaf): an 8-bit Adam step takes about 4 times a
-float32 one, a 4-bit step about 7 times, stochastic rounding half as much again (dequantizing is one lookup in the
-map per entry; rounding to the nearest value two lookups in a table of at most 2900 entries indexed by the bits of
-``|x| / s``).
+scale per partial block. Time (2-core CPU): an 8-bit Adam step takes about 4 times a float32 one on a
+1024 x 1024 leaf and 8 times on 4M entries, a 4-bit step 7 and 9 times, stochastic rounding a third more (dequantizing
+is one lookup in the map per entry; rounding to the nearest value two lookups in a table of at most 2900 entries
+indexed by the bits of ``|x| / s``); the update section of ``benchmarks/`` measures every mode in one run.
 
 Accuracy (``tests/test_quantize_state.py``): 200 Adam steps on a noisy quadratic (float64, blocks of 64) end at
 1.09 times full precision's loss in 8 bits, 2.55 times in 4 bits, 1.43 times in 4 bits with stochastic rounding;
@@ -131,6 +131,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, alias, with_extra_args_support
+from jaxopt_lite.numerics import hashed_bits
 
 __all__ = [
     "SECOND_MOMENT_FIELDS",
@@ -388,15 +389,9 @@ def _compute_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(jnp.promote_types(dtype, jnp.float32))
 
 
-def _uniform(seed: jax.Array, shape: tuple[int, ...], dtype: np.dtype) -> jax.Array:
-    """Uniform numbers in ``[0, 1)`` (24 random bits), one per entry of ``shape``: the entry's flat index and the
-    ``uint32`` ``seed`` through MurmurHash3's finalizer (a counter-based generator: a few integer operations per
-    entry, where ``jax.random.bits`` costs several times an Adam step on CPU)."""
-    h = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape) * np.uint32(0x9E3779B9) + seed
-    h = (h ^ (h >> 16)) * np.uint32(0x85EBCA6B)
-    h = (h ^ (h >> 13)) * np.uint32(0xC2B2AE35)
-    h = h ^ (h >> 16)
-    return (h >> 8).astype(dtype) * np.asarray(2.0**-24, dtype)
+def _uniform(seed: jax.Array, like: jax.Array) -> jax.Array:
+    """Uniform numbers in ``[0, 1)`` (24 random bits) of ``like``'s shape and dtype (see :func:`hashed_bits`)."""
+    return (hashed_bits(seed, like) >> 8).astype(like.dtype) * np.asarray(2.0**-24, like.dtype)
 
 
 def _round(y: jax.Array, bits: int, signed: bool, seed: jax.Array | None) -> jax.Array:
@@ -416,7 +411,7 @@ def _round(y: jax.Array, bits: int, signed: bool, seed: jax.Array | None) -> jax
         low = jnp.minimum(low, mags.size - 2)  # v >= 1: between the two largest, always up
         inverse_gaps = (np.ones((), y.dtype) / (mags[1:] - mags[:-1])).astype(y.dtype)
         fraction = (v - jnp.asarray(mags)[low]) * jnp.asarray(inverse_gaps)[low]
-        rank = low + (_uniform(seed, y.shape, np.dtype(y.dtype)) < fraction)
+        rank = low + (_uniform(seed, y) < fraction)
     if signed:
         code = jnp.where(y < 0, -jnp.minimum(rank, 2 ** (bits - 1) - 1), rank)
     else:
@@ -583,6 +578,51 @@ def _second_moment_paths(state: Any) -> set[KeyPath]:
     return found
 
 
+def check_inner(owner: str, inner: Any) -> GradientTransformationExtraArgs:
+    """``inner`` (a transformation) with extra-args support, or a ``TypeError`` naming ``owner``."""
+    if not (callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))):
+        raise TypeError(f"{owner}: inner must be a GradientTransformation (with init and update), got {inner!r}")
+    return with_extra_args_support(inner)
+
+
+def check_min_size(owner: str, min_size: Any) -> int:
+    if isinstance(min_size, (bool, np.bool_)) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
+        raise ValueError(f"{owner}: min_size must be a non-negative integer (entries), got {min_size!r}")
+    return int(min_size)
+
+
+def parameter_shaped(params: Any, min_size: int) -> Callable[[Any], bool]:
+    """Whether a state leaf is stored compressed: real floating point, shaped like a parameter, >= ``min_size``."""
+    shapes = {tuple(np.shape(p)) for p in jax.tree.leaves(params)}
+
+    def stored(leaf: Any) -> bool:
+        dtype = getattr(leaf, "dtype", None)
+        return (
+            dtype is not None
+            and jnp.issubdtype(dtype, jnp.floating)
+            and tuple(np.shape(leaf)) in shapes
+            and math.prod(np.shape(leaf)) >= min_size
+        )
+
+    return stored
+
+
+def check_state(owner: str, state: Any, state_type: type) -> None:
+    if not isinstance(state, state_type):
+        raise ValueError(  # noqa: TRY004 - a ValueError, as base.with_owner reports a foreign state
+            f"{owner}: the state passed to update must be a {state_type.__name__} (what {owner}'s init makes), got "
+            f"{type(state).__name__}: another optimizer's state, or state and params swapped?"
+        )
+
+
+def leaves_like(owner: str, treedef: Any, new_inner: Any) -> list:
+    """The leaves of the inner transformation's new state, in the order of its old state's ``treedef``."""
+    try:
+        return treedef.flatten_up_to(new_inner)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{owner}: the inner transformation changed the structure of its state: {error}") from None
+
+
 @alias
 def quantize_state(
     inner: GradientTransformation,
@@ -629,50 +669,33 @@ def quantize_state(
     not callable or ``key`` neither a PRNG key nor an int. Errors of ``inner`` reach you as ``quantize_state: <inner's message>``.
     """
     owner = "quantize_state"
-    if not (callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))):
-        raise TypeError(f"{owner}: inner must be a GradientTransformation (with init and update), got {inner!r}")
+    inner = check_inner(owner, inner)
     bits = _check_bits(owner, bits)
     block_size = _check_block_size(owner, bits, block_size)
-    if isinstance(min_size, (bool, np.bool_)) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
-        raise ValueError(f"{owner}: min_size must be a non-negative integer (entries), got {min_size!r}")
-    min_size = int(min_size)
+    min_size = check_min_size(owner, min_size)
     if unsigned is not None and not callable(unsigned):
         raise TypeError(f"{owner}: unsigned must be None or a function of a key path, got {unsigned!r}")
     key = None if key is None else _as_key(owner, key)
-    inner = with_extra_args_support(inner)
 
     def init(params):
         inner_state = inner.init(params)
-        shapes = {tuple(np.shape(p)) for p in jax.tree.leaves(params)}
+        stored = parameter_shaped(params, min_size)
         second = _second_moment_paths(inner_state) if unsigned is None else None
 
         def convert(path, leaf):
-            dtype = getattr(leaf, "dtype", None)
-            if (
-                dtype is None
-                or not jnp.issubdtype(dtype, jnp.floating)
-                or tuple(np.shape(leaf)) not in shapes
-                or math.prod(np.shape(leaf)) < min_size
-            ):
+            if not stored(leaf):
                 return leaf
             is_unsigned = path in second if unsigned is None else bool(unsigned(path))
-            return _quantize(jnp.asarray(leaf), bits, block_size, not is_unsigned, np.dtype(dtype))
+            return _quantize(jnp.asarray(leaf), bits, block_size, not is_unsigned, np.dtype(leaf.dtype))
 
         return QuantizedState(inner_state=jax.tree_util.tree_map_with_path(convert, inner_state), rng_key=key)
 
     def update(updates, state, params=None, **extra_args):
-        if not isinstance(state, QuantizedState):
-            raise ValueError(  # noqa: TRY004 - a ValueError, as base.with_owner reports a foreign state
-                f"{owner}: the state passed to update must be a QuantizedState (what {owner}'s init makes), got "
-                f"{type(state).__name__}: another optimizer's state, or state and params swapped?"
-            )
+        check_state(owner, state, QuantizedState)
         stored, treedef = jax.tree.flatten(state.inner_state, is_leaf=_is_quantized)
         plain = [dequantize_blockwise(x) if _is_quantized(x) else x for x in stored]
         updates, new_inner = inner.update(updates, treedef.unflatten(plain), params, **extra_args)
-        try:
-            new_leaves = treedef.flatten_up_to(new_inner)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{owner}: the inner transformation changed the structure of its state: {error}") from None
+        new_leaves = leaves_like(owner, treedef, new_inner)
         next_key, seeds = state.rng_key, None
         if key is not None:  # one seed per quantized leaf
             next_key, step_key = jax.random.split(state.rng_key)
