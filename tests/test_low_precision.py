@@ -303,6 +303,45 @@ def test_kahan_matches_numpy_reference(dtype):
     assert np.max(np.abs(plain.astype(np.float64) - exact) / spacing) > 4
 
 
+def test_kahan_agrees_with_torch_optimi():
+    """torch-optimi's ``kahan_sum`` (SGD, lr 1, the steps as negative gradients) on the same bfloat16 steps: both
+    stay within one spacing of the exact sum, so within two of each other. optimi rounds ``y = u + c`` to bfloat16
+    before adding it; this library keeps ``y`` in float32 (the docstring's one difference)."""
+    torch = pytest.importorskip("torch")
+    optimi = pytest.importorskip("optimi")
+    rng = np.random.default_rng(5)
+    steps, size = 400, 64
+    p0 = rng.uniform(0.5, 4.0, size).astype(ml_dtypes.bfloat16)
+    us = (rng.normal(size=(steps, size)) * np.exp(rng.uniform(-11, -4, (steps, size)))).astype(ml_dtypes.bfloat16)
+
+    param = torch.nn.Parameter(torch.from_numpy(p0.astype(np.float32)).to(torch.bfloat16))
+    opt = optimi.SGD([param], lr=1.0, kahan_sum=True)
+    for u in us:
+        param.grad = -torch.from_numpy(u.astype(np.float32)).to(torch.bfloat16)
+        opt.step()
+    theirs = param.detach().to(torch.float32).numpy().astype(np.float64)
+
+    tx = kahan_summation()
+
+    def body(carry, u):
+        q, st = carry
+        upd, st = tx.update({"w": u}, st, q)
+        return (jol.apply_updates(q, upd), st), None
+
+    params = {"w": jnp.asarray(p0)}
+    (q, _), _ = jax.jit(lambda q, st, us: jax.lax.scan(body, (q, st), us))(params, tx.init(params), jnp.asarray(us))
+    ours = np.asarray(q["w"], np.float64)
+
+    exact = p0.astype(np.float64) + us.astype(np.float64).sum(axis=0)
+    spacing = np.abs(exact) * 2.0**-7
+    assert np.all(np.abs(theirs - exact) <= spacing) and np.all(np.abs(ours - exact) <= spacing)
+    assert np.all(np.abs(ours - theirs) <= 2 * spacing)
+    plain = p0.copy()
+    for u in us:
+        plain = (plain.astype(np.float32) + u.astype(np.float32)).astype(ml_dtypes.bfloat16)
+    assert np.max(np.abs(plain.astype(np.float64) - exact) / spacing) > 4  # what both correct
+
+
 def test_kahan_state_and_nonfinite_steps():
     params = {"lo": jnp.ones((3,), jnp.bfloat16), "hi": jnp.ones((2,), jnp.float32)}
     tx = kahan_summation()
