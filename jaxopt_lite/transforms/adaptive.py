@@ -345,7 +345,7 @@ def scale_by_adamax(
         nu = _tree.update_infinity_moment(updates, state.nu, b2, eps)
         mu_hat = _tree.bias_correction(mu, b1, count)
         out = jax.tree.map(lambda m, v, g: safe_div(m, jnp.real(v)).astype(g.dtype), mu_hat, nu, updates)
-        return out, ScaleByAdamState(count=count, mu=_tree.cast_like(mu, state.mu), nu=_tree.cast_like(nu, state.nu))
+        return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
     return GradientTransformation(init, update)
 

@@ -178,15 +178,20 @@ def _round_nearest(x: jax.Array, dtype: Any) -> jax.Array:
     return _float(r | sign)
 
 
-def _random_bits(key: jax.Array, like: jax.Array, dtype: Any) -> jax.Array:
-    """Random ``uint16`` or ``uint32`` bits shaped and sharded like ``like``: one ``jax.random`` draw of a seed, then
-    a counter-based hash per entry (:func:`~jaxopt_lite.numerics.hashed_bits`; ``jax.random.bits`` per entry costs
+def _random_bits(seed: jax.Array, like: jax.Array, dtype: Any) -> jax.Array:
+    """Random ``uint16`` or ``uint32`` bits shaped and sharded like ``like`` from a ``uint32`` ``seed``: a
+    counter-based hash per entry (:func:`~jaxopt_lite.numerics.hashed_bits`; ``jax.random.bits`` per entry costs
     ten times an Adam step on CPU)."""
-    bits = hashed_bits(jax.random.bits(key, (), jnp.uint32), like)
+    bits = hashed_bits(seed, like)
     return (bits >> 16).astype(jnp.uint16) if jnp.dtype(dtype) == jnp.uint16 else bits
 
 
-def _round_stochastic_f32(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
+def _leaf_seeds(key: jax.Array, n: int) -> jax.Array:
+    """One ``uint32`` seed per leaf from one ``jax.random`` draw (not ``n`` key splits: cheaper to compile)."""
+    return jax.random.bits(key, (max(n, 1),), jnp.uint32)
+
+
+def _round_stochastic_f32(x: jax.Array, dtype: Any, seed: jax.Array) -> jax.Array:
     """``x`` (float32) stochastically rounded onto ``dtype`` (bfloat16 or float16), still as float32.
 
     Random bits below ``dtype``'s spacing are added to the magnitude's bit pattern, which is then truncated:
@@ -197,11 +202,11 @@ def _round_stochastic_f32(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array
     a = bits & _ABS
     sign = bits & _SIGN
     if jnp.dtype(dtype) == jnp.bfloat16:
-        noise = _random_bits(key, x, jnp.uint16).astype(jnp.uint32)
+        noise = _random_bits(seed, x, jnp.uint16).astype(jnp.uint32)
         r = (a + noise) & np.uint32(0xFFFF0000)  # no carry into the sign: a <= bfloat16's max where kept
         in_range = a <= _BF16_MAX
     else:
-        noise = _random_bits(key, x, jnp.uint32)
+        noise = _random_bits(seed, x, jnp.uint32)
         k = _f16_dropped_bits(a)
         mask = (np.uint32(1) << k) - np.uint32(1)
         r = (a + (noise & mask)) & ~mask
@@ -241,7 +246,8 @@ def round_stochastic(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
         raise TypeError(f"{owner}: x must be real, got dtype {x.dtype}")
     dtype = jnp.dtype(dtype)
     if dtype in _LOW_PRECISION:
-        return _round_stochastic_f32(x.astype(jnp.float32), dtype, key).astype(dtype)
+        seed = jax.random.bits(key, (), jnp.uint32)
+        return _round_stochastic_f32(x.astype(jnp.float32), dtype, seed).astype(dtype)
     if jnp.issubdtype(dtype, jnp.inexact) and dtype.itemsize >= 4:
         return x.astype(dtype)
     raise TypeError(
@@ -256,10 +262,6 @@ def round_stochastic(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
 
 def _is_none(x: Any) -> bool:
     return x is None
-
-
-def _leaf_keys(key: jax.Array, n: int) -> list[jax.Array]:
-    return list(jax.random.split(key, n)) if n else []
 
 
 def apply_updates_stochastic(params: Any, updates: Any, key: jax.Array) -> Any:
@@ -277,8 +279,9 @@ def apply_updates_stochastic(params: Any, updates: Any, key: jax.Array) -> Any:
 
     ``key`` is a PRNG key (``jax.random.key`` or ``jax.random.PRNGKey``): split it and pass a fresh one
     at every step (reusing a key correlates the roundings of successive steps). Leaf ``i`` of the
-    flattened tree uses ``jax.random.split(key, n_leaves)[i]``. Pure: works under ``jit``, ``vmap``
-    and ``scan``. Memory: no state; one random word per element, transient.
+    flattened tree takes seed ``jax.random.bits(key, (n_leaves,), jnp.uint32)[i]``, and each element a
+    hash of its index and that seed (:func:`~jaxopt_lite.numerics.hashed_bits`). Pure: works under ``jit``,
+    ``vmap`` and ``scan``. Memory: no state; one random word per element, transient.
 
     :func:`stochastic_rounding` is the same rounding as a transform to chain last.
     """
@@ -291,9 +294,9 @@ def apply_updates_stochastic(params: Any, updates: Any, key: jax.Array) -> Any:
             raise ValueError(f"{owner}: {error}") from None
     flat_params, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
     flat_updates = treedef.flatten_up_to(updates)
-    keys = _leaf_keys(key, len(flat_params))
+    seeds = _leaf_seeds(key, len(flat_params))
     out = []
-    for (path, p), u, k in zip(flat_params, flat_updates, keys):
+    for i, ((path, p), u) in enumerate(zip(flat_params, flat_updates)):
         if p is None or u is None:
             out.append(p)
             continue
@@ -304,7 +307,7 @@ def apply_updates_stochastic(params: Any, updates: Any, key: jax.Array) -> Any:
             raise ValueError(f"{owner}: the update of {where} has shape {jnp.shape(u)}, the parameter {p.shape}")
         if low:
             x = p.astype(jnp.float32) + jnp.asarray(u).astype(jnp.float32)
-            out.append(_round_stochastic_f32(x, p.dtype, k).astype(p.dtype))
+            out.append(_round_stochastic_f32(x, p.dtype, seeds[i]).astype(p.dtype))
         else:
             out.append((p + u).astype(p.dtype))
     return treedef.unflatten(out)
@@ -353,14 +356,14 @@ def stochastic_rounding(key: jax.Array | int) -> GradientTransformation:
         next_key, step_key = jax.random.split(state.rng_key)
         flat_params, treedef = jax.tree_util.tree_flatten_with_path(params)
         flat_updates = treedef.flatten_up_to(updates)
-        out = []
-        for (path, p), u, k in zip(flat_params, flat_updates, _leaf_keys(step_key, len(flat_params))):
+        out, seeds = [], _leaf_seeds(step_key, len(flat_params))
+        for i, ((path, p), u) in enumerate(zip(flat_params, flat_updates)):
             p = jnp.asarray(p)
             if not _rounding_kind(owner, jax.tree_util.keystr(path) or "<root>", p.dtype):
                 out.append(u)
                 continue
             p32 = p.astype(jnp.float32)
-            r = _round_stochastic_f32(p32 + jnp.asarray(u).astype(jnp.float32), p.dtype, k)
+            r = _round_stochastic_f32(p32 + jnp.asarray(u).astype(jnp.float32), p.dtype, seeds[i])
             out.append(_landing_update(r, p32))
         return treedef.unflatten(out), StochasticRoundingState(rng_key=next_key)
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_lite.base import GradientTransformation, GradientTransformationExtraArgs, alias
-from jaxopt_lite.transforms.low_precision import _as_key, _round_stochastic_f32
+from jaxopt_lite.transforms.low_precision import _as_key, _leaf_seeds, _round_stochastic_f32
 from jaxopt_lite.wrappers.quantize_state import check_inner, check_min_size, check_state, leaves_like, parameter_shaped
 
 __all__ = ["LowPrecisionState", "low_precision_state"]
@@ -99,15 +99,15 @@ def low_precision_state(
         wide = [x.astype(jnp.float32) if is_low else x for x, is_low in zip(old, low)]
         updates, new_inner = inner.update(updates, treedef.unflatten(wide), params, **extra_args)
         new = leaves_like(owner, treedef, new_inner)
-        next_key, keys = state.rng_key, None
+        next_key, seeds = state.rng_key, None
         if key is not None and any(low):
             next_key, step_key = jax.random.split(state.rng_key)
-            keys = iter(jax.random.split(step_key, sum(low)))
+            seeds = _leaf_seeds(step_key, len(low))
         out = []
-        for x, is_low in zip(new, low):
+        for i, (x, is_low) in enumerate(zip(new, low)):
             if is_low:
                 x = jnp.asarray(x).astype(jnp.float32)
-                x = x if keys is None else _round_stochastic_f32(x, dtype, next(keys))
+                x = x if seeds is None else _round_stochastic_f32(x, dtype, seeds[i])
                 x = x.astype(dtype)
             out.append(x)
         return updates, LowPrecisionState(inner_state=treedef.unflatten(out), rng_key=next_key)
