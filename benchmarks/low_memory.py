@@ -22,6 +22,7 @@ from benchmarks.context import Context, Task, error_record, finite_or_none
 from benchmarks.loops import make_step, run_epochs
 from benchmarks.speed import LR, donated_runner, peer_libraries, update_and_apply
 from benchmarks.timing import Runner, compile_timed, measure
+from benchmarks.transformer import bytes_per_param
 
 BASELINE = "adam_float32"
 # name -> (params dtype, builder of the transformation from the library, what it is)
@@ -48,12 +49,6 @@ OPTAX_PEER = "optax_adam_bf16_mu"
 
 def n_params(ctx: Context) -> int:
     return min(ctx.config.pick(2**16, 2**22, 2**24), ctx.config.max_params)
-
-
-def bytes_per_param(tx, params) -> float:
-    state = jax.eval_shape(tx.init, params)
-    n = sum(x.size for x in jax.tree.leaves(params))
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) / n
 
 
 def measure_modes(ctx: Context, n: int) -> dict:
