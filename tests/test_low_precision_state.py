@@ -273,3 +273,19 @@ def test_fused_layout_equals_mu_dtype_on_the_fused_tree():
         p1, p2 = jol.apply_updates(p1, u1), jol.apply_updates(p2, u2)
     jax.tree.map(np.testing.assert_array_equal, s1.inner_state[0], s2[0])
     np.testing.assert_allclose(p1.buffers[0], p2.buffers[0], rtol=1e-6)
+
+
+def test_scalars_of_the_state_stay_float32_even_with_a_scalar_parameter():
+    """A 0-d parameter has the shape of every scalar of the state: the injected learning rate must not be rounded
+    to bfloat16 (1e-3 would become 0.00099945)."""
+    params = {"w": jnp.ones((6, 5), jnp.float32), "scale": jnp.asarray(1.0, jnp.float32)}
+    opt = jol.low_precision_state(jol.inject_hyperparams(jol.adam)(learning_rate=1e-3), key=0)
+    state = opt.init(params)
+    inner = state.inner_state
+    assert inner.hyperparams["learning_rate"].dtype != jnp.bfloat16
+    assert inner.inner_state[0].mu["w"].dtype == jnp.bfloat16 and inner.inner_state[0].mu["scale"].dtype == jnp.float32
+    grads = jax.tree.map(jnp.ones_like, params)
+    u, state = jax.jit(opt.update)(grads, state, params)
+    lr = state.inner_state.hyperparams["learning_rate"]
+    assert lr == np.asarray(1e-3, lr.dtype)  # as stored by inject_hyperparams, not rounded to bfloat16
+    np.testing.assert_allclose(u["scale"], -1e-3, rtol=1e-6)

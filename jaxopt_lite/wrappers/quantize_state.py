@@ -79,8 +79,8 @@ node that holds the field (SM3's and Sophia's ``nu`` are signed: a momentum and 
 leaf takes the signed map, which is safe for any sign. ``unsigned=fn`` replaces the rule: ``fn(path)`` with the
 key path of the leaf in the inner state returns ``True`` for the unsigned map.
 
-Which leaves are quantized. Real floating-point leaves of the inner state with the shape of some parameter leaf
-and at least ``min_size`` entries. Smaller leaves, step counts, scalars, PRNG keys, integer and complex leaves,
+Which leaves are quantized. Real floating-point leaves of the inner state with the shape of some parameter leaf,
+at least one axis and at least ``min_size`` entries. Smaller leaves, step counts, scalars, PRNG keys, integer and complex leaves,
 and statistics of other shapes (Adafactor's factors, L-BFGS's history) stay as they are.
 
 Layout (shardings follow the parameters). Blocks run along the last axis of the leaf; when the last axis has
@@ -592,7 +592,9 @@ def check_min_size(owner: str, min_size: Any) -> int:
 
 
 def parameter_shaped(params: Any, min_size: int) -> Callable[[Any], bool]:
-    """Whether a state leaf is stored compressed: real floating point, shaped like a parameter, >= ``min_size``."""
+    """Whether a state leaf is stored compressed: real floating point, shaped like a parameter, >= ``min_size``
+    entries, not a scalar (a scalar parameter would otherwise pull in every scalar of the state: step sizes,
+    injected hyperparameters, estimates such as Prodigy's ``d``)."""
     shapes = {tuple(np.shape(p)) for p in jax.tree.leaves(params)}
 
     def stored(leaf: Any) -> bool:
@@ -600,6 +602,7 @@ def parameter_shaped(params: Any, min_size: int) -> Callable[[Any], bool]:
         return (
             dtype is not None
             and jnp.issubdtype(dtype, jnp.floating)
+            and np.ndim(leaf) > 0
             and tuple(np.shape(leaf)) in shapes
             and math.prod(np.shape(leaf)) >= min_size
         )
