@@ -394,7 +394,8 @@ def kahan_summation() -> GradientTransformation:
     Only bfloat16 and float16 parameters are compensated; others (float32, float64, complex) pass
     unchanged and keep no buffer (a :class:`~jaxopt_lite.MaskedNode`). Chain it last, after the
     learning rate; it needs ``params``. Memory: one buffer per low-precision parameter, in its dtype
-    (2 bytes per element).
+    (2 bytes per element). A float32 buffer is accepted too (what :func:`~jaxopt_lite.low_precision_state`
+    hands over, which rounds the result back).
 
     Exactness: ``apply_updates`` computes ``rd(f32(p) + u')``, which is :math:`t` (the argument of
     :func:`stochastic_rounding`: :math:`t` is a neighbour of the float32 sum), except where ``t - p``
@@ -430,7 +431,8 @@ def kahan_summation() -> GradientTransformation:
                 new_updates.append(u)
                 new_comp.append(c)
                 continue
-            if isinstance(c, MaskedNode) or jnp.shape(c) != p.shape or jnp.result_type(c) != p.dtype:
+            # float32: the compensation as low_precision_state hands it over (widened, rounded back after).
+            if isinstance(c, MaskedNode) or jnp.shape(c) != p.shape or jnp.result_type(c) not in (p.dtype, jnp.float32):
                 raise ValueError(
                     f"{owner}: the state's compensation for a {p.dtype} parameter of shape {p.shape} is "
                     f"{_tree.describe_node(c)} (a state made by init for other parameters?)"
