@@ -1,8 +1,9 @@
 """bfloat16/float16 optimizer state: moments computed in float32 and rounded once (``mu_dtype``/``nu_dtype``), and
 the ``low_precision_state`` wrapper (rounded to nearest or stochastically).
 
-References: NumPy in float32 with ``ml_dtypes`` casts (round to nearest even), written from Adam's formula; for the
-stochastic rounding, the two bfloat16 neighbours of that float32 value, one of which each entry must take.
+References: NumPy in float64 with ``ml_dtypes`` casts (round to nearest even), written from Adam's formula; for the
+stochastic rounding, the two bfloat16 neighbours of that value, one of which each entry must take; hypothesis over
+random pytrees for structure, dtypes, ``eval_shape`` and jit against eager.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_properties import assert_same_avals, assert_trees_close, make_tree, tree_specs
 
 import jaxopt_lite as jol
 
@@ -47,7 +51,8 @@ def _assert_rounded_once(got, exact, what):
     got = np.asarray(got).astype(np.float64)
     toward = np.where(exact > near, BF16(np.inf), BF16(-np.inf))
     other = np.nextafter(near.astype(BF16), toward).astype(np.float64)
-    near_tie = np.abs(np.abs(exact - near) - np.abs(other - near) / 2) <= 4 * np.spacing(np.abs(exact, dtype=np.float32))
+    ulp32 = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    near_tie = np.abs(np.abs(exact - near) - np.abs(other - near) / 2) <= 4 * ulp32
     bad = (got != near) & ~(near_tie & (got == other))
     assert not bad.any(), (what, got[bad], exact[bad])
 
@@ -314,3 +319,39 @@ def test_wraps_kahan_summation_on_bfloat16_params():
     # a step of 1e-3 is below half the spacing 2**-8 near 1).
     for k in params:
         np.testing.assert_allclose(np.asarray(p[k], np.float64), np.asarray(p_ref[k]), rtol=2**-7, atol=2**-9)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(spec=tree_specs, seed=st.integers(0, 2**31 - 1), dtype=st.sampled_from([jnp.bfloat16, jnp.float16]))
+def test_random_trees_keep_structure_and_dtypes_and_jit_equals_eager(spec, seed, dtype):
+    """Random pytrees (scalars, empty leaves, float32/bfloat16/float64 params): eval_shape matches init, every step
+    keeps the state's structure and dtypes, and a jitted scan equals the eager loop (to a bfloat16 rounding)."""
+    rng = np.random.default_rng(seed)
+    params = make_tree(spec, rng)
+    grads = [make_tree(spec, rng) for _ in range(3)]
+    opt = jol.low_precision_state(jol.adamw(LR, weight_decay=0.1), dtype, key=seed)
+    state0 = opt.init(params)
+    abstract = jax.eval_shape(opt.init, params)
+    assert [(s.shape, s.dtype) for s in jax.tree.leaves(abstract)] == [
+        (x.shape, x.dtype) for x in jax.tree.leaves(state0)]
+    for leaf, p in zip(jax.tree.leaves(state0.inner_state[0].mu), jax.tree.leaves(params)):
+        assert leaf.dtype == (dtype if p.ndim else p.dtype)  # scalars stay as adam keeps them
+    p, s = params, state0
+    for g in grads:
+        u, s = opt.update(g, s, p)
+        assert_same_avals(s, state0, "state after an eager step")
+        assert [x.dtype for x in jax.tree.leaves(u)] == [x.dtype for x in jax.tree.leaves(params)]
+        p = jol.apply_updates(p, u)
+
+    def body(carry, g):
+        q, st = carry
+        upd, st = opt.update(g, st, q)
+        return (jol.apply_updates(q, upd), st), None
+
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *grads)
+    (q, st), _ = jax.jit(lambda c, xs: jax.lax.scan(body, c, xs))((params, state0), stacked)
+    assert_same_avals(st, state0, "state after the jitted scan")
+    tol = (5e-2, 1e-2)  # a bfloat16 rounding of the state may go the other way under jit
+    assert_trees_close(q, p, "params, jitted scan vs eager loop", tol=tol)
+    assert_trees_close(st.inner_state, s.inner_state, "state, jitted scan vs eager loop", tol=tol)

@@ -68,8 +68,9 @@ def low_precision_state(
 
     Stored leaves: at ``init``, real floating-point leaves of ``inner``'s state shaped like some parameter, with at
     least one axis and ``min_size`` entries, are cast to ``dtype`` (to nearest); counts, keys, scalars (injected
-    hyperparameters, step-size estimates) and statistics of other shapes stay as they are. At every ``update``, every state leaf in ``dtype`` (those, and any ``inner`` keeps in ``dtype``
-    itself, such as the moments of bfloat16 parameters) is computed in float32 and rounded once.
+    hyperparameters, step-size estimates) and statistics of other shapes stay as they are. At every ``update``,
+    every state leaf in ``dtype`` (those, and any ``inner`` keeps in ``dtype`` itself, such as the moments of
+    bfloat16 parameters) is computed in float32 and rounded once.
 
     Raises ``ValueError`` for ``dtype`` not bfloat16 or float16 and a negative ``min_size``, ``TypeError`` if
     ``inner`` is not a transformation or ``key`` neither a PRNG key nor an int, all naming ``low_precision_state``.
