@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxopt_lite import numerics as _numerics
 from jaxopt_lite import tree as _tree
 
 Params = Any
@@ -770,7 +771,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
             )
         if jnp.shape(u) != p.shape:
             raise ValueError(f"apply_updates: the update of {where} has shape {jnp.shape(u)}, the parameter {p.shape}")
-        return (p + u).astype(p.dtype)
+        return _numerics.cast(p + u, p.dtype)
 
     return jax.tree_util.tree_map_with_path(add, params, updates, is_leaf=is_none)
 

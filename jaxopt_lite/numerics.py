@@ -170,6 +170,14 @@ def hashed_bits(seed: jax.Array, like: jax.Array) -> jax.Array:
     return h ^ (h >> 16)
 
 
+def cast(x: jax.Array, dtype: Any) -> jax.Array:
+    """``x.astype(dtype)``, or ``x`` itself when it already has that dtype and is not weakly typed: the same value
+    and type, without one more operation to trace per leaf (it adds up over thousands of leaves)."""
+    if x.dtype == dtype and not jax.typeof(x).weak_type:
+        return x
+    return x.astype(dtype)
+
+
 _NARROW_FLOATS = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 

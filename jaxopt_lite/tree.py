@@ -177,7 +177,7 @@ def div(tree_x: Tree, tree_y: Tree) -> Tree:
 
 def scale(scalar: Any, tree: Tree) -> Tree:
     """``scalar * tree``, each leaf kept in its dtype."""
-    return jax.tree.map(lambda x: (scalar * x).astype(x.dtype), tree)
+    return jax.tree.map(lambda x: _numerics.cast(scalar * x, x.dtype), tree)
 
 
 def add_scale(tree_x: Tree, scalar: Any, tree_y: Tree) -> Tree:
@@ -188,7 +188,7 @@ def add_scale(tree_x: Tree, scalar: Any, tree_y: Tree) -> Tree:
     def leaf(x, y):
         if x is None:
             return None
-        return jnp.asarray(x + scalar * y).astype(jnp.result_type(x))
+        return _numerics.cast(jnp.asarray(x + scalar * y), jnp.result_type(x))
 
     return jax.tree.map(leaf, tree_x, tree_y, is_leaf=_is_none)
 
@@ -335,7 +335,7 @@ def cast(tree: Tree, dtype: Any) -> Tree:
 
 def cast_like(tree: Tree, other_tree: Tree) -> Tree:
     """Casts each leaf of ``tree`` to the dtype of the matching leaf of ``other_tree``."""
-    return _map2(lambda x, y: x.astype(y.dtype), tree, other_tree, ("tree", "other_tree"))
+    return _map2(lambda x, y: _numerics.cast(x, y.dtype), tree, other_tree, ("tree", "other_tree"))
 
 
 def where(condition: Any, tree_x: Tree, tree_y: Tree) -> Tree:
@@ -357,7 +357,7 @@ def _map_moments(leaf, updates: Tree, moments: Tree) -> Tree:
 
 
 def _stored(new: jax.Array, m: Any, widened: bool) -> jax.Array:
-    return new if widened else new.astype(jnp.result_type(m))
+    return new if widened else _numerics.cast(new, jnp.result_type(m))
 
 
 def update_moment(updates: Tree, moments: Tree, decay: Any, order: int, *, widened: bool = False) -> Tree:
@@ -392,7 +392,7 @@ def update_infinity_moment(updates: Tree, moments: Tree, decay: Any, eps: Any) -
     def leaf(g, m):
         decayed = decay * _numerics.widen(m)
         out = jnp.maximum(jnp.real(decayed) if jnp.iscomplexobj(m) else decayed, jnp.abs(_numerics.widen(g)) + eps)
-        return out.astype(jnp.result_type(m))
+        return _numerics.cast(out, jnp.result_type(m))
 
     return _map_moments(leaf, updates, moments)
 
@@ -413,7 +413,7 @@ def bias_correction(moment: Tree, decay: Any, count: Any) -> Tree:
         if m is None:
             return None
         dtype = jnp.result_type(m)
-        return (jnp.asarray(m) / correction).astype(dtype)
+        return _numerics.cast(jnp.asarray(m) / correction, dtype)
 
     return jax.tree.map(leaf, moment, is_leaf=_is_none)
 

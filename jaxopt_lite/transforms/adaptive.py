@@ -21,7 +21,16 @@ import jax.numpy as jnp
 
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
-from jaxopt_lite.numerics import abs_sq, known_positive, known_zero, safe_div, safe_sqrt, safe_sqrt_all, widen
+from jaxopt_lite.numerics import (
+    abs_sq,
+    cast,
+    known_positive,
+    known_zero,
+    safe_div,
+    safe_sqrt,
+    safe_sqrt_all,
+    widen,
+)
 from jaxopt_lite.base import GradientTransformation, pytree_factory
 
 
@@ -152,7 +161,7 @@ def _ratio(numerators: Any, second: Any, eps: Any, eps_root: Any, like: Any) -> 
     of ``like``."""
     divide = _divide(eps)
     return jax.tree.map(
-        lambda n, r, g: divide(widen(n), r + eps).astype(g.dtype), numerators, _roots(second, eps_root), like
+        lambda n, r, g: cast(divide(widen(n), r + eps), g.dtype), numerators, _roots(second, eps_root), like
     )
 
 
