@@ -120,6 +120,13 @@ def test_compiled_step_does_not_grow_with_leaf_count():
     # norm's squares and their reduction, moments and update; the overflow branch reduces all leaves at once),
     # while the fused program stays at n_one however many leaves it holds.
     assert (n_tree - n_one) / (len(many) - 1) >= 3.5
+    # And at 5000 leaves (issue 15's size), built from a layout (no 5000-way concatenation to compile): as many
+    # kernels as one leaf of the same 15000 parameters.
+    def fused(n_leaves):
+        shapes = {f"p{i:04d}": jax.ShapeDtypeStruct((15000 // n_leaves,), jnp.float32) for i in range(n_leaves)}
+        return jol.Fused((jnp.ones(15000, jnp.float32),), jol.Layout.of(shapes))
+
+    assert _fusion_count(opt, fused(5000)) == _fusion_count(opt, fused(1))
 
 
 def test_donated_fused_step_runs_in_place():
