@@ -21,6 +21,7 @@ import pytest
 
 from jaxopt_lite.base import apply_updates
 from jaxopt_lite.optimizers.sophia import (
+    GaussNewtonBartlettState,
     HutchinsonState,
     SophiaState,
     hutchinson_estimator_diag_hessian,
@@ -245,6 +246,7 @@ def test_gauss_newton_bartlett_estimate_is_batch_times_squared_sampled_gradient(
     batch = x.shape[0]
     est = gnb(batch, jax.random.PRNGKey(5))
     diag, state = est.update(params, est.init(params), params, sampled_obj_fn=sampled_obj_fn)
+    assert isinstance(state, GaussNewtonBartlettState) and state._fields == ("key",)
     key, sample_key = jax.random.split(jax.random.PRNGKey(5))
     np.testing.assert_array_equal(np.asarray(state.key), np.asarray(key))
     logits = np.asarray(x @ params["w"] + params["b"])

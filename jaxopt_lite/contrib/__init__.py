@@ -27,6 +27,7 @@ from jaxopt_lite.optimizers.mechanic import MechanicState, mechanize
 from jaxopt_lite.optimizers.momo import MomoAdamState, MomoState, momo, momo_adam
 from jaxopt_lite.optimizers.prodigy import ProdigyState, prodigy
 from jaxopt_lite.optimizers.sophia import (
+    GaussNewtonBartlettState,
     HutchinsonState,
     SophiaState,
     gauss_newton_bartlett_estimator_diag_hessian,

@@ -33,6 +33,12 @@ class HutchinsonState(NamedTuple):
     key: jax.Array
 
 
+class GaussNewtonBartlettState(NamedTuple):
+    """The PRNG key the next labels are sampled from (split at every call)."""
+
+    key: jax.Array
+
+
 def hutchinson_estimator_diag_hessian(random_seed: jax.Array | None = None) -> GradientTransformationExtraArgs:
     r"""Hutchinson's estimate of the Hessian diagonal: ``z * (H z)`` for a Rademacher probe ``z``.
 
@@ -86,7 +92,7 @@ def gauss_newton_bartlett_estimator_diag_hessian(
 
     def init(params):
         del params
-        return HutchinsonState(key=jax.random.PRNGKey(0) if random_seed is None else random_seed)
+        return GaussNewtonBartlettState(key=jax.random.PRNGKey(0) if random_seed is None else random_seed)
 
     def update(updates, state, params=None, sampled_obj_fn=None, **extra_args):
         del updates, extra_args
@@ -99,7 +105,8 @@ def gauss_newton_bartlett_estimator_diag_hessian(
             )
         key, sample_key = jax.random.split(state.key)
         grads = jax.grad(sampled_obj_fn)(params, sample_key)
-        return jax.tree.map(lambda g: batch_size * numerics.abs_sq(g).astype(g.dtype), grads), HutchinsonState(key=key)
+        estimate = jax.tree.map(lambda g: batch_size * numerics.abs_sq(g).astype(g.dtype), grads)
+        return estimate, GaussNewtonBartlettState(key=key)
 
     return GradientTransformationExtraArgs(init, update)
 
