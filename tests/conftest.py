@@ -105,3 +105,29 @@ def pytest_terminal_summary(terminalreporter):
             f"{n} tests not run: the time budget of {BUDGET_S:.0f} s per worker was spent (a slow machine)",
             yellow=True,
         )
+
+
+def eight_cpu_devices_env(x64: bool = False) -> dict[str, str]:
+    """The environment of a subprocess that sees 8 CPU devices (JAX fixes the device count when its backend
+    starts, so a test needing several devices runs its script in a child process)."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_ENABLE_X64"] = "1" if x64 else "0"
+    return env
+
+
+def run_report_script(script: str, *args: str, timeout: float = 600) -> dict:
+    """Runs ``script`` on 8 CPU devices and returns the JSON of its last ``REPORT {...}`` line (asserting it ran)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", script, *args], check=False, env=eight_cpu_devices_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
+    assert proc.returncode == 0 and lines, (
+        f"8-device subprocess failed (rc={proc.returncode})\n"
+        f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    )
+    return json.loads(lines[-1][len("REPORT "):])

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_problems import final_loss, linear_regression
 from reference_problems import grad as _grad
 
 import jaxopt_lite as jol
@@ -212,45 +213,25 @@ def test_partition_by_name():
     assert run._cache_size() == 1
 
 
-def _regression(seed=0):
-    rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.standard_normal((64, 5)))
-    w_true, b_true = rng.standard_normal((5, 3)), rng.standard_normal(3)
-    y = x @ w_true + b_true + 0.01 * jnp.asarray(rng.standard_normal((64, 3)))
-    params = {"w": jnp.zeros((5, 3)), "b": jnp.zeros(3)}
-    loss = lambda p: jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
-    return params, loss
-
-
-def _train(opt, params, loss, n_steps):
-    def body(carry, _):
-        p, s = carry
-        updates, s = opt.update(jax.grad(loss)(p), s, p)
-        return (jol.apply_updates(p, updates), s), None
-
-    (p, _), _ = jax.lax.scan(body, (params, opt.init(params)), None, length=n_steps)
-    return loss(p)
-
-
 def test_loss_decreases_on_linear_regression():
-    params, loss = _regression()
+    params, loss = linear_regression()
     for block_fn in (None, jol.adam_mini_row_blocks):
-        final = jax.jit(lambda f=block_fn: _train(jol.adam_mini(3e-2, block_fn=f), params, loss, 300))()
+        final = jax.jit(lambda f=block_fn: final_loss(jol.adam_mini(3e-2, block_fn=f), loss, params, 300))()
         assert float(final) < 0.02 * float(loss(params)), (block_fn, float(loss(params)), float(final))
 
 
 def test_traced_hyperparameters_and_vmap_over_the_learning_rate():
-    params, loss = _regression(1)
+    params, loss = linear_regression(1)
     hps = {"learning_rate": 1e-2, "b1": 0.8, "b2": 0.99, "eps": 1e-6, "weight_decay": 1e-3}
-    concrete = float(jax.jit(lambda: _train(jol.adam_mini(**hps), params, loss, 20))())
-    traced = jax.jit(lambda h: _train(jol.adam_mini(**h), params, loss, 20))(
+    concrete = float(jax.jit(lambda: final_loss(jol.adam_mini(**hps), loss, params, 20))())
+    traced = jax.jit(lambda h: final_loss(jol.adam_mini(**h), loss, params, 20))(
         {k: jnp.asarray(v) for k, v in hps.items()}
     )
     np.testing.assert_allclose(float(traced), concrete, rtol=1e-12)
 
     lrs = jnp.asarray([1e-3, 1e-2, 3e-2])
-    batched = jax.jit(jax.vmap(lambda lr: _train(jol.adam_mini(lr), params, loss, 20)))(lrs)
-    looped = [float(jax.jit(lambda lr=lr: _train(jol.adam_mini(float(lr)), params, loss, 20))()) for lr in lrs]
+    batched = jax.jit(jax.vmap(lambda lr: final_loss(jol.adam_mini(lr), loss, params, 20)))(lrs)
+    looped = [float(jax.jit(lambda lr=lr: final_loss(jol.adam_mini(float(lr)), loss, params, 20))()) for lr in lrs]
     np.testing.assert_allclose(np.asarray(batched), looped, rtol=1e-12)
     assert len(set(looped)) == 3
 

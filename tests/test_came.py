@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_problems import final_loss, linear_regression
 from reference_problems import grad as _grad
 from reference_problems import problem as _problem
 
@@ -169,34 +170,14 @@ def test_state_layout_memory_and_eval_shape():
         assert (a.shape, a.dtype) == (b.shape, b.dtype)
 
 
-def _regression(seed=0):
-    rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.standard_normal((64, 5)))
-    w_true, b_true = rng.standard_normal((5, 3)), rng.standard_normal(3)
-    y = x @ w_true + b_true + 0.01 * jnp.asarray(rng.standard_normal((64, 3)))
-    params = {"w": jnp.zeros((5, 3)), "b": jnp.zeros(3)}
-    loss = lambda p: jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
-    return params, loss
-
-
-def _train(opt, params, loss, n_steps):
-    def body(carry, _):
-        p, s = carry
-        updates, s = opt.update(jax.grad(loss)(p), s, p)
-        return (jol.apply_updates(p, updates), s), None
-
-    (p, _), _ = jax.lax.scan(body, (params, opt.init(params)), None, length=n_steps)
-    return loss(p)
-
-
 def test_loss_decreases_on_linear_regression():
-    params, loss = _regression()
-    final = jax.jit(lambda: _train(jol.came(1e-2, weight_decay=1e-4), params, loss, 300))()
+    params, loss = linear_regression()
+    final = jax.jit(lambda: final_loss(jol.came(1e-2, weight_decay=1e-4), loss, params, 300))()
     assert float(final) < 0.02 * float(loss(params)), (float(loss(params)), float(final))
 
 
 def test_traced_hyperparameters_and_vmap_over_the_learning_rate():
-    params, loss = _regression(1)
+    params, loss = linear_regression(1)
     hps = {
         "learning_rate": 1e-2,
         "b1": 0.8,
@@ -207,18 +188,18 @@ def test_traced_hyperparameters_and_vmap_over_the_learning_rate():
         "clip_threshold": 0.5,
         "weight_decay": 1e-3,
     }
-    concrete = float(jax.jit(lambda: _train(jol.came(**hps), params, loss, 20))())
-    traced = jax.jit(lambda h: _train(jol.came(**h), params, loss, 20))({k: jnp.asarray(v) for k, v in hps.items()})
+    concrete = float(jax.jit(lambda: final_loss(jol.came(**hps), loss, params, 20))())
+    traced = jax.jit(lambda h: final_loss(jol.came(**h), loss, params, 20))({k: jnp.asarray(v) for k, v in hps.items()})
     np.testing.assert_allclose(float(traced), concrete, rtol=1e-12)
 
     lrs = jnp.asarray([1e-3, 1e-2, 3e-2])
-    batched = jax.jit(jax.vmap(lambda lr: _train(jol.came(lr), params, loss, 20)))(lrs)
-    looped = [float(jax.jit(lambda lr=lr: _train(jol.came(float(lr)), params, loss, 20))()) for lr in lrs]
+    batched = jax.jit(jax.vmap(lambda lr: final_loss(jol.came(lr), loss, params, 20)))(lrs)
+    looped = [float(jax.jit(lambda lr=lr: final_loss(jol.came(float(lr)), loss, params, 20))()) for lr in lrs]
     np.testing.assert_allclose(np.asarray(batched), looped, rtol=1e-12)
     assert len(set(looped)) == 3
 
     # The optimizer as a jitted function's argument: one compilation for two learning rates.
-    run = jax.jit(lambda opt: _train(opt, params, loss, 5))
+    run = jax.jit(lambda opt: final_loss(opt, loss, params, 5))
     run(jol.came(1e-2)), run(jol.came(2e-2))
     assert run._cache_size() == 1
 

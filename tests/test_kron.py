@@ -26,6 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+from reference_problems import (
+    assert_hyperparameter_grads_finite,
+    assert_vmap_over_learning_rate_equals_loop,
+    trajectory,
+)
 from reference_problems import final_loss as _final_loss
 from reference_problems import grad as _grad
 from reference_problems import least_squares as _least_squares
@@ -266,15 +271,7 @@ SMALL = {"w": (4, 3), "b": (3,)}
 def _run_traced(h, n_steps=2):
     h = dict(h)
     opt = jol.kron(h.pop("learning_rate"), **h)
-    x0, curv, target, freq = (jax.tree.map(jnp.asarray, v) for v in _problem(SMALL))
-    x, state = x0, opt.init(x0)
-    out = []
-    for k in range(n_steps):
-        g = jax.tree.map(lambda p, c, t, w, k=k: _grad(p, k, c, t, w, jnp), x, curv, target, freq)
-        u, state = opt.update(g, state, x)
-        x = jol.apply_updates(x, u)
-        out.append(x)
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
+    return trajectory(opt, SMALL, n_steps)
 
 
 def test_traced_hyperparameters_vmap_over_learning_rate_and_grad():
@@ -283,20 +280,9 @@ def test_traced_hyperparameters_vmap_over_learning_rate_and_grad():
     for k in eager:
         np.testing.assert_allclose(np.asarray(traced[k]), np.asarray(eager[k]), rtol=1e-12, atol=1e-14)
 
-    lrs = jnp.asarray([0.003, 0.01, 0.03])
-    run = jax.jit(lambda lr: _run_traced({**HPS, "learning_rate": lr}))
-    batched = jax.jit(jax.vmap(lambda lr: _run_traced({**HPS, "learning_rate": lr})))(lrs)
-    for i, lr in enumerate(lrs):
-        looped = run(lr)
-        for k in looped:
-            np.testing.assert_allclose(np.asarray(batched[k][i]), np.asarray(looped[k]), rtol=1e-12, atol=1e-14)
+    assert_vmap_over_learning_rate_equals_loop(_run_traced, HPS, [0.003, 0.01, 0.03])
 
-    def final_loss(h):
-        return sum(jnp.sum(v[-1] ** 2) for v in _run_traced(h).values())
-
-    grads = jax.jit(jax.grad(final_loss))({k: jnp.asarray(v) for k, v in HPS.items()})
-    assert all(bool(jnp.isfinite(v)) for v in grads.values()), grads
-    assert grads["learning_rate"] != 0 and grads["precond_lr"] != 0
+    assert_hyperparameter_grads_finite(_run_traced, HPS, nonzero=("learning_rate", "precond_lr"))
 
 
 def test_eval_shape_init_and_state_layout():

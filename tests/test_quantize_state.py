@@ -11,17 +11,14 @@ The sharding checks that need devices run in one subprocess with 8 simulated CPU
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_report_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.sharding import AbstractMesh, NamedSharding
@@ -743,16 +740,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def device_report():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_ENABLE_X64"] = "0"
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], check=False, env=env, capture_output=True, text=True, timeout=600
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
-    assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(lines[-1][len("REPORT ") :])
+    return run_report_script(SCRIPT)
 
 
 @pytest.mark.parametrize("name", ["follow8", "zero4"])

@@ -27,6 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_problems import (
+    assert_hyperparameter_grads_finite,
+    assert_trajectories_close,
+    assert_vmap_over_learning_rate_equals_loop,
+    trajectory,
+)
 from reference_problems import grad as _grad
 from reference_problems import problem as _problem
 
@@ -159,13 +165,6 @@ def _np_shampoo(
     return {k: np.stack(v) for k, v in out.items()}
 
 
-def _assert_trajectories_close(ours, ref, rtol, what):
-    for k in ref:
-        scale = np.max(np.abs(ref[k]), axis=tuple(range(1, ref[k].ndim)), keepdims=True) + 1e-300
-        err = np.max(np.abs(ours[k] - ref[k]) / scale)
-        assert err <= rtol, f"{what}: leaf {k!r} differs by {err:.3g} (relative to each step's largest entry)"
-
-
 # Each configuration: arguments for both. The first is the default tier's case.
 CONFIGS = {
     "adam_graft_sum_relative_blocks": {"block_size": 4},
@@ -206,7 +205,7 @@ def test_matches_numpy_reference_for_200_float64_steps(name):
     ref = _np_shampoo(**kwargs)
     ours = _run_ours(jol.shampoo(0.02, **kwargs))
     # Measured: at most 3e-14 (float64 rounding of eigh and of the products, over 200 steps).
-    _assert_trajectories_close(ours, ref, 1e-11, name)
+    assert_trajectories_close(ours, ref, 1e-11, name)
     assert all(np.all(np.isfinite(v)) for v in ours.values())
 
 
@@ -271,7 +270,7 @@ def test_matches_pytorch_optimizer_scalable_shampoo(nesterov):
         beta2=1.0,
     )
     # Measured: 7e-14 (nesterov=False) to 1.5e-13 (nesterov=True).
-    _assert_trajectories_close(ours, theirs, 1e-11, f"ScalableShampoo nesterov={nesterov}")
+    assert_trajectories_close(ours, theirs, 1e-11, f"ScalableShampoo nesterov={nesterov}")
 
 
 def test_matches_pytorch_optimizer_scalable_shampoo_every_5_steps():
@@ -306,7 +305,7 @@ def test_matches_pytorch_optimizer_scalable_shampoo_every_5_steps():
         ),
         beta2=1.0,
     )
-    _assert_trajectories_close(ours, theirs, 1e-11, "ScalableShampoo every 5 steps")
+    assert_trajectories_close(ours, theirs, 1e-11, "ScalableShampoo every 5 steps")
 
 
 def test_matches_pytorch_optimizer_shampoo_of_gupta_et_al():
@@ -315,7 +314,7 @@ def test_matches_pytorch_optimizer_shampoo_of_gupta_et_al():
     ours = _run_ours(jol.shampoo(0.02, b1=0.0, graft_type="none", matrix_eps=1e-3, relative_matrix_eps=False), shapes)
     theirs = _run_torch(lambda ps: po.Shampoo(ps, lr=0.02, matrix_eps=1e-3), shapes)
     # Measured: 1e-15.
-    _assert_trajectories_close(ours, theirs, 1e-11, "Shampoo")
+    assert_trajectories_close(ours, theirs, 1e-11, "Shampoo")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -416,15 +415,7 @@ def _run_traced(h, n_steps=5):
     """The parameters after each of ``n_steps`` steps of Shampoo built from ``h`` (numbers or traced values)."""
     h = dict(h)
     opt = jol.shampoo(h.pop("learning_rate"), block_size=2, **h)  # (4, 3): blocks of 2 x 2, the last padded
-    x0, curv, target, freq = (jax.tree.map(jnp.asarray, v) for v in _problem(SMALL))
-    x, state = x0, opt.init(x0)
-    out = []
-    for k in range(n_steps):
-        g = jax.tree.map(lambda p, c, t, w, k=k: _grad(p, k, c, t, w, jnp), x, curv, target, freq)
-        u, state = opt.update(g, state, x)
-        x = jol.apply_updates(x, u)
-        out.append(x)
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
+    return trajectory(opt, SMALL, n_steps)
 
 
 HPS = {
@@ -450,13 +441,7 @@ def test_traced_hyperparameters_under_jit_equal_python_numbers():
 
 
 def test_vmap_over_learning_rate_equals_loop_and_eval_shape_init():
-    lrs = jnp.asarray([0.01, 0.03, 0.1])
-    run = jax.jit(lambda lr: _run_traced({**HPS, "learning_rate": lr}))
-    batched = jax.jit(jax.vmap(lambda lr: _run_traced({**HPS, "learning_rate": lr})))(lrs)
-    for i, lr in enumerate(lrs):
-        looped = run(lr)
-        for k in looped:
-            np.testing.assert_allclose(np.asarray(batched[k][i]), np.asarray(looped[k]), rtol=1e-12, atol=1e-14)
+    assert_vmap_over_learning_rate_equals_loop(_run_traced, HPS, [0.01, 0.03, 0.1])
     params = {k: jnp.zeros(s, jnp.float32) for k, s in SHAPES.items()} | {"h": jnp.zeros((2, 3), jnp.bfloat16)}
     opt = jol.shampoo(0.1, block_size=4)
     abstract, state = jax.eval_shape(opt.init, params), opt.init(params)
@@ -472,13 +457,8 @@ def test_vmap_over_learning_rate_equals_loop_and_eval_shape_init():
 
 
 def test_grad_through_steps_wrt_hyperparameters_is_finite():
-    def final_loss(h):
-        xs = _run_traced(h, n_steps=3)
-        return sum(jnp.sum(v[-1] ** 2) for v in xs.values())
-
-    grads = jax.jit(jax.grad(final_loss))({k: jnp.asarray(v) for k, v in HPS.items()})
-    assert all(bool(jnp.isfinite(v)) for v in grads.values()), grads
-    assert grads["learning_rate"] != 0 and grads["beta2"] != 0
+    run = lambda h: _run_traced(h, n_steps=3)  # noqa: E731
+    assert_hyperparameter_grads_finite(run, HPS, nonzero=("learning_rate", "beta2"))
 
 
 def test_same_shape_leaves_share_one_batched_eigh_and_stay_independent():

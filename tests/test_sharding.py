@@ -51,7 +51,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import budget_left_s
+from conftest import budget_left_s, eight_cpu_devices_env
 from test_properties import OPTIMIZERS as PROPERTY_OPTIMIZERS
 
 # Every row of the property tests' table (tests/test_properties.py): a row added there is checked
@@ -259,13 +259,9 @@ SCRIPT = textwrap.dedent(
 
 
 def _start(x64: bool, seconds: float) -> subprocess.Popen:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_ENABLE_X64"] = "1" if x64 else "0"
     return subprocess.Popen(
         [sys.executable, "-c", SCRIPT, str(seconds), TESTS_DIR, *OPTIMIZER_NAMES],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=eight_cpu_devices_env(x64), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 

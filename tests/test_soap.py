@@ -33,6 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_problems import (
+    assert_hyperparameter_grads_finite,
+    assert_trajectories_close,
+    assert_vmap_over_learning_rate_equals_loop,
+    trajectory,
+)
 from reference_problems import final_loss as _final_loss
 from reference_problems import grad as _grad
 from reference_problems import least_squares as _least_squares
@@ -155,13 +161,6 @@ def _np_soap(
     return {k: np.stack(v) for k, v in out.items()}
 
 
-def _assert_trajectories_close(ours, ref, rtol, what):
-    for k in ref:
-        scale = np.max(np.abs(ref[k]), axis=tuple(range(1, ref[k].ndim)), keepdims=True) + 1e-300
-        err = np.max(np.abs(ours[k] - ref[k]) / scale)
-        assert err <= rtol, f"{what}: leaf {k!r} differs by {err:.3g} (relative to each step's largest entry)"
-
-
 CONFIGS = {
     "defaults": {},
     "every3_1d_beta_max_dim": {
@@ -191,7 +190,7 @@ def test_matches_numpy_reference_for_200_float64_steps(name):
     ours, first = _run_ours(jol.soap(lr, **kwargs), shapes)
     ref = _np_soap(first_bases=first, learning_rate=lr, shapes=shapes, **kwargs)
     # Measured: 3e-15 to 2e-14; 3e-13 and 5e-13 with merged axes (larger factors, so worse conditioned QR).
-    _assert_trajectories_close(ours, ref, 1e-11, name)
+    assert_trajectories_close(ours, ref, 1e-11, name)
     np.testing.assert_array_equal(ours["w"][0], _problem(shapes)[0]["w"])  # the first call makes no step
 
 
@@ -274,7 +273,7 @@ def test_matches_pytorch_optimizer_soap(name, monkeypatch):
     ours, first = _run_ours(jol.soap(3e-3, **ours_kwargs), shapes)
     theirs = _run_torch(lambda ps: po.SOAP(ps, lr=3e-3, **theirs_kwargs), first, shapes, monkeypatch=monkeypatch)
     # Measured: 6e-15 to 8e-15 (with its QR in float32, as shipped: 3e-7 to 7e-7).
-    _assert_trajectories_close(ours, theirs, 1e-11, f"pytorch_optimizer.SOAP {name}")
+    assert_trajectories_close(ours, theirs, 1e-11, f"pytorch_optimizer.SOAP {name}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -299,15 +298,7 @@ def test_loss_decreases_faster_than_adam_on_rotated_ill_conditioned_least_square
 def _run_traced(h, n_steps=3):
     h = dict(h)
     opt = jol.soap(h.pop("learning_rate"), precondition_frequency=2, **h)
-    x0, curv, target, freq = (jax.tree.map(jnp.asarray, v) for v in _problem(SMALL))
-    x, state = x0, opt.init(x0)
-    out = []
-    for k in range(n_steps):
-        g = jax.tree.map(lambda p, c, t, w, k=k: _grad(p, k, c, t, w, jnp), x, curv, target, freq)
-        u, state = opt.update(g, state, x)
-        x = jol.apply_updates(x, u)
-        out.append(x)
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
+    return trajectory(opt, SMALL, n_steps)
 
 
 HPS = {"learning_rate": 0.01, "b1": 0.9, "b2": 0.99, "shampoo_beta": 0.9, "eps": 1e-6, "weight_decay": 0.05}
@@ -321,20 +312,9 @@ def test_traced_hyperparameters_under_jit_equal_python_numbers():
 
 
 def test_vmap_over_learning_rate_equals_loop_grad_and_eval_shape_init():
-    lrs = jnp.asarray([0.003, 0.01, 0.03])
-    run = jax.jit(lambda lr: _run_traced({**HPS, "learning_rate": lr}))
-    batched = jax.jit(jax.vmap(lambda lr: _run_traced({**HPS, "learning_rate": lr})))(lrs)
-    for i, lr in enumerate(lrs):
-        looped = run(lr)
-        for k in looped:
-            np.testing.assert_allclose(np.asarray(batched[k][i]), np.asarray(looped[k]), rtol=1e-12, atol=1e-14)
+    assert_vmap_over_learning_rate_equals_loop(_run_traced, HPS, [0.003, 0.01, 0.03])
 
-    def final_loss(h):
-        return sum(jnp.sum(v[-1] ** 2) for v in _run_traced(h).values())
-
-    grads = jax.jit(jax.grad(final_loss))({k: jnp.asarray(v) for k, v in HPS.items()})
-    assert all(bool(jnp.isfinite(v)) for v in grads.values()), grads
-    assert grads["learning_rate"] != 0 and grads["shampoo_beta"] != 0
+    assert_hyperparameter_grads_finite(_run_traced, HPS, nonzero=("learning_rate", "shampoo_beta"))
 
     params = {k: jnp.zeros(s, jnp.float32) for k, s in SHAPES.items()} | {"h": jnp.zeros((2, 3), jnp.bfloat16)}
     opt = jol.soap(precondition_1d=True)

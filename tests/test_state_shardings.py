@@ -18,8 +18,6 @@ and the tests read it:
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -28,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import eight_cpu_devices_env, run_report_script
 from jax.sharding import AbstractMesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -293,20 +292,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def report():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_ENABLE_X64"] = "0"
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(RTOL), *OPTIMIZER_NAMES],
-        check=False, env=env, capture_output=True, text=True, timeout=900,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
-    assert proc.returncode == 0 and lines, (
-        f"state-sharding subprocess failed (rc={proc.returncode})\n"
-        f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    )
-    return json.loads(lines[-1][len("REPORT "):])
+    return run_report_script(SCRIPT, str(RTOL), *OPTIMIZER_NAMES, timeout=900)
 
 
 # --------------------------------------------------------------------------- #
@@ -624,11 +610,8 @@ EAGER_SCRIPT = textwrap.dedent(
 def test_eager_init_puts_every_state_leaf_on_the_params_devices():
     """Step counts, PRNG keys and injected hyperparameters are replicated on the params' mesh (not left on
     one device), so ``jax.tree.map(lambda x: x.sharding, state)`` serves as a jitted step's input shardings."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", EAGER_SCRIPT], check=False, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, "-c", EAGER_SCRIPT], check=False, env=eight_cpu_devices_env(),
+                          capture_output=True, text=True, timeout=600)
     results = [line.split(" ", 2)[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and len(results) == 4, proc.stderr[-3000:]
     for name, off_mesh in results:
