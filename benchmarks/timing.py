@@ -9,6 +9,7 @@ their *ratio* stays meaningful.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -130,7 +131,9 @@ class Compiled:
 
 
 def compile_timed(jitted: Any, *args: Any, **kwargs: Any) -> Compiled:
-    """``jitted.lower(*args).compile()``, timing each stage."""
+    """``jitted.lower(*args).compile()``, timing each stage (after a full garbage collection, so that one
+    triggered by what earlier measurements left behind does not land in this trace: it did, at random rows)."""
+    gc.collect()
     t0 = time.perf_counter()
     lowered = jitted.lower(*args, **kwargs)
     t1 = time.perf_counter()

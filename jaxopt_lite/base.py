@@ -160,32 +160,43 @@ def with_owner(owner: str, tx: GradientTransformation) -> GradientTransformation
     used. The message names both state types and the key path where they first
     differ; the same diagnosis runs when ``update`` raises. Any other
     ``ValueError``/``TypeError`` gets ``owner: `` in front. Per call this costs
-    one flatten of the inputs' structure, at trace time only under ``jit``.
+    one flatten of the inputs' structure, at trace time only under ``jit``;
+    ``init`` records the structure it made, so ``update`` on parameters of that
+    structure and those shapes does not trace ``init`` again (a third of Adam's
+    trace time at 1000 leaves).
     """
     tx = with_extra_args_support(tx)
     expected_structures: dict = {}
 
-    def expected_structure(like):
+    def structure_key(like):
         leaves, treedef = jax.tree.flatten(like)
-        key = (treedef, tuple(getattr(x, "shape", ()) for x in leaves))
+        return treedef, tuple(getattr(x, "shape", ()) for x in leaves)
+
+    def remember(key, structure):
+        if len(expected_structures) > 64:
+            expected_structures.clear()
+        expected_structures[key] = structure
+
+    def expected_structure(like):
+        key = structure_key(like)
         if key not in expected_structures:
-            if len(expected_structures) > 64:
-                expected_structures.clear()
             try:
                 abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), like)
-                expected_structures[key] = jax.tree.structure(jax.eval_shape(tx.init, abstract))
+                remember(key, jax.tree.structure(jax.eval_shape(tx.init, abstract)))
             except Exception:  # noqa: BLE001 - no expectation then; update's own checks still run
-                expected_structures[key] = None
+                remember(key, None)
         return expected_structures[key]
 
     def init(params):
         try:
-            return _tree.place_on_params_mesh(tx.init(params), params)
+            state = _tree.place_on_params_mesh(tx.init(params), params)
         except (TypeError, ValueError) as error:
             renamed = _renamed(owner, error)
             if renamed is error:
                 raise
             raise renamed from error
+        remember(structure_key(params), jax.tree.structure(state))  # update's check then needs no second init
+        return state
 
     def update(updates, state, params=None, **extra_args):
         expected = expected_structure(updates if params is None else params)

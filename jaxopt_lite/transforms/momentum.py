@@ -7,7 +7,7 @@ import jax
 from jaxopt_lite import _checks
 from jaxopt_lite import tree as _tree
 from jaxopt_lite.base import GradientTransformation, pytree_factory
-from jaxopt_lite.numerics import widen
+from jaxopt_lite.numerics import cast, known_zero, widen
 
 
 class TraceState(NamedTuple):
@@ -51,13 +51,17 @@ def trace(
     def update(updates, state, params=None):
         del params
         _tree.check_same_shapes(updates, state.trace, "updates", "trace state")
-        new_trace = jax.tree.map(
-            lambda g, t: ((1.0 - dampening) * widen(g) + decay * widen(t)).astype(t.dtype), updates, state.trace
-        )
+        keep = None if known_zero(dampening) else 1.0 - dampening  # the default: no multiply by 1 to trace per leaf
+
+        def accumulate(g, t):
+            g = widen(g)
+            return cast((g if keep is None else keep * g) + decay * widen(t), t.dtype)
+
+        new_trace = jax.tree.map(accumulate, updates, state.trace)
         if nesterov:
-            out = jax.tree.map(lambda g, t: (g + decay * t).astype(g.dtype), updates, new_trace)
+            out = jax.tree.map(lambda g, t: cast(g + decay * t, g.dtype), updates, new_trace)
         else:
-            out = jax.tree.map(lambda g, t: t.astype(g.dtype), updates, new_trace)
+            out = jax.tree.map(lambda g, t: cast(t, g.dtype), updates, new_trace)
         return out, TraceState(trace=new_trace)
 
     return GradientTransformation(init, update)
