@@ -26,6 +26,7 @@ IMPL_COLORS = {
     "jaxopt_lite": "#1f77b4",         # blue: the library's tree path
     "jaxopt_lite_fused": "#2ca02c",   # green: its fused layout
     "jaxopt_lite_kernel": "#9467bd",  # purple: its one-pass CPU kernel
+    "jaxopt_lite_flatten": "#aec7e8", # light blue: flatten(optimizer) on the tree path
     "optax": "#ff7f0e",               # orange
     "torch_foreach": "#d62728",       # red
     "torch_fused": "#8c564b",         # brown

@@ -231,15 +231,19 @@ def fmt_faster(r: float | None) -> str:
 def _speed_table(section: str, sec: dict) -> Table:
     rows_in = sec.get("rows", [])
     lib = next((r["subject"].removesuffix("_fused") for r in rows_in if "subject" in r), "subject")
-    fused, kernel = f"{lib}_fused", f"{lib}_kernel"
-    peers = [p for p in dict.fromkeys(p for r in rows_in for p in r.get("speedup_vs", {})) if p not in (fused, kernel)]
+    fused, kernel, flat = f"{lib}_fused", f"{lib}_kernel", f"{lib}_flatten"
+    own = (fused, kernel, flat)
+    peers = [p for p in dict.fromkeys(p for r in rows_in for p in r.get("speedup_vs", {})) if p not in own]
     has_fused = any(fused in r.get("impls", {}) for r in rows_in)
+    has_flat = any(flat in r.get("impls", {}) for r in rows_in)
     has_kernel = any(kernel in r.get("impls", {}) for r in rows_in)
     has_optax = any("optax" in r.get("impls", {}) for r in rows_in)
     headers = ["optimizer", "params", "leaves", "step (tree path)", "% roofline", "roofline GB/s", "compile",
                *(["optax compile"] if has_optax else []), "XLA B/param (nominal)"]
     if has_fused:
         headers += ["fused step", "fused % roofline", "fused compile", "fused vs tree path"]
+    if has_flat:
+        headers += ["flatten step", "flatten compile", "flatten vs tree path"]
     if has_kernel:
         headers += ["kernel step", "kernel % roofline", "kernel vs XLA path"]
     headers += [f"vs {p}" for p in peers]
@@ -281,6 +285,13 @@ def _speed_table(section: str, sec: dict) -> Table:
                 ratio = (tree["time"]["median_s"] / rec["time"]["median_s"]) if tree and not _err(tree) else None
                 cells += [fmt_timing(rec["time"]), fmt_pct(rec["fraction_of_roofline"]), _compile_s(rec["compile"]),
                           fmt_faster(ratio) if ratio else "—"]
+        if has_flat:
+            rec = impls.get(flat)
+            if rec is None or _err(rec):
+                cells += [_err(rec) if rec else "", "", ""]
+            else:
+                ratio = (tree["time"]["median_s"] / rec["time"]["median_s"]) if tree and not _err(tree) else None
+                cells += [fmt_timing(rec["time"]), _compile_s(rec["compile"]), fmt_faster(ratio) if ratio else "—"]
         if has_kernel:
             rec = impls.get(kernel)
             if rec is None or _err(rec):
@@ -302,7 +313,10 @@ def _speed_table(section: str, sec: dict) -> Table:
             "update. 'vs X': how this library's step compares with X's ('1.6x faster': X takes 1.6 times as long); "
             "where the tree path was skipped, the fused layout is compared. 'fused': params, grads and state in the "
             "fused layout (jaxopt_lite.fuse); 'kernel': jaxopt_lite.kernels.adamw_step, the one-pass step that also "
-            "applies the update. Samples interleaved across implementations and the STREAM kernels.")
+            "applies the update"
+            + ("; 'flatten': flatten(optimizer) on the tree path, which concatenates the gradients each step, "
+               "updates one buffer and splits the updates back into leaves" if has_flat else "")
+            + ". Samples interleaved across implementations and the STREAM kernels.")
     if section == "leaves" and sec.get("tree_path_max_leaves"):
         note += f" Tree path (this library's and Optax's) compiled up to {sec['tree_path_max_leaves']:,} leaves."
     for peer, why in sec.get("peers_absent", {}).items():

@@ -155,6 +155,20 @@ KERNEL_ARGS = {
 }
 
 
+def flatten_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compiled]:
+    """The tree path with leaves grouped by ``flatten(optimizer)``: each step concatenates the gradients, updates
+    one buffer and splits the updates back into the user's tree (issue 15's automatic-grouping question)."""
+    tx = lib.flatten(build(lib, name))
+    params = make_tree(sizes, 0.01)
+    return donated_runner(update_and_apply(lib, tx), params, tx.init(params), grads)
+
+
+def groups_leaves(ctx: Context) -> bool:
+    """Whether the leaves section times ``flatten`` too: on accelerators, where grouping may pay, and in ``--full``
+    runs (on XLA:CPU it costs more than it saves: ``results/2026-11-30-cpu-2core-grouping-probe``)."""
+    return jax.default_backend() != "cpu" or ctx.config.mode == "full"
+
+
 def kernel_runner(lib, name: str, sizes: list[int], grads) -> tuple[Runner, Compiled]:
     """The library's one-pass AdamW step (``kernels.adamw_step``), which also applies the update."""
     lr = lib.warmup_cosine_decay_schedule(**SCHEDULE) if name == "clip_adamw_cosine" else LR
@@ -265,6 +279,8 @@ def measure_step(ctx: Context, name: str, sizes: list[int], tree_path: bool = Tr
         builders[f"{lib_name}_kernel"] = lambda: kernel_runner(ctx.lib, name, sizes, grads)
     if len(sizes) > 1 and hasattr(ctx.lib, "fuse"):
         builders[f"{lib_name}_fused"] = lambda: fused_runner(ctx.lib, name, sizes, grads)
+    if tree_path and len(sizes) > 1 and hasattr(ctx.lib, "flatten") and groups_leaves(ctx):
+        builders[f"{lib_name}_flatten"] = lambda: flatten_runner(ctx.lib, name, sizes, grads)
     if tree_path:
         for peer, lib in peer_libraries(ctx).items():
             builders[peer] = lambda lib=lib: jax_runner(lib, name, sizes, grads)

@@ -217,6 +217,27 @@ def test_speed_rows(run, section):
             "quantize_state_4bit"]
 
 
+def test_leaves_times_flatten_where_grouping_is_the_question(run):
+    """``flatten(optimizer)`` (grouped leaves on the tree path) is timed on accelerators and in --full runs, not in
+    a --quick or default CPU run, and its columns render."""
+    from benchmarks import report, speed
+    from benchmarks.context import Config, Context
+
+    import jaxopt_lite
+
+    _, _, res = run
+    assert all("jaxopt_lite_flatten" not in r["impls"] for r in res["leaves"]["rows"])  # --quick, on CPU
+    ctx = Context(Config(mode="full", repeats=2), jaxopt_lite)
+    row = speed.measure_step(ctx, "adam", [64, 32])
+    flat = row["impls"]["jaxopt_lite_flatten"]
+    assert _positive(flat["time"]["median_s"]) and _positive(flat["compile"]["compile_s"])
+    assert _positive(row["speedup_vs"]["jaxopt_lite_flatten"])
+    table = report._speed_table("leaves", {"rows": [row]})  # noqa: SLF001
+    cells = dict(zip(table.headers, table.rows[0]))
+    assert cells["flatten step"] and cells["flatten compile"].endswith(" s") and cells["flatten vs tree path"]
+    assert "vs jaxopt_lite_flatten" not in table.headers
+
+
 def test_sweep_vmap_matches_loop(run):
     _, _, res = run
     rows = res["sweep"]["rows"]
