@@ -277,29 +277,21 @@ def _speed_table(section: str, sec: dict) -> Table:
             xla = tree["xla_bytes_per_param"]
             cells = [fmt_timing(tree["time"]), fmt_pct(tree["fraction_of_roofline"]), fmt(r["bandwidth_gb_s"]),
                      _compile_s(tree["compile"]), *optax_compile, f"{fmt(xla)} ({r['nominal_bytes_per_param']})"]
+        def columns(impl: str, *fields: str) -> list[str]:
+            """The step, the requested fields and the ratio to the tree path of one of this library's own paths."""
+            rec = impls.get(impl)
+            if rec is None or _err(rec):
+                return [_err(rec) if rec else ""] + [""] * (len(fields) + 1)
+            ratio = tree["time"]["median_s"] / rec["time"]["median_s"] if tree and not _err(tree) else None
+            shown = {"roofline": fmt_pct(rec["fraction_of_roofline"]), "compile": _compile_s(rec["compile"])}
+            return [fmt_timing(rec["time"]), *(shown[f] for f in fields), fmt_faster(ratio) if ratio else "—"]
+
         if has_fused:
-            rec = impls.get(fused)
-            if rec is None or _err(rec):
-                cells += [_err(rec) if rec else "", "", "", ""]
-            else:
-                ratio = (tree["time"]["median_s"] / rec["time"]["median_s"]) if tree and not _err(tree) else None
-                cells += [fmt_timing(rec["time"]), fmt_pct(rec["fraction_of_roofline"]), _compile_s(rec["compile"]),
-                          fmt_faster(ratio) if ratio else "—"]
+            cells += columns(fused, "roofline", "compile")
         if has_flat:
-            rec = impls.get(flat)
-            if rec is None or _err(rec):
-                cells += [_err(rec) if rec else "", "", ""]
-            else:
-                ratio = (tree["time"]["median_s"] / rec["time"]["median_s"]) if tree and not _err(tree) else None
-                cells += [fmt_timing(rec["time"]), _compile_s(rec["compile"]), fmt_faster(ratio) if ratio else "—"]
+            cells += columns(flat, "compile")
         if has_kernel:
-            rec = impls.get(kernel)
-            if rec is None or _err(rec):
-                cells += [_err(rec) if rec else "", "", ""]
-            else:
-                ratio = (tree["time"]["median_s"] / rec["time"]["median_s"]) if tree and not _err(tree) else None
-                cells += [fmt_timing(rec["time"]), fmt_pct(rec["fraction_of_roofline"]),
-                          fmt_faster(ratio) if ratio else "—"]
+            cells += columns(kernel, "roofline")
         rows.append(head + cells + [vs(p) for p in peers])
     title = {"update": "Update step, one leaf", "leaves": "Update step, many leaves"}[section]
     refs = sorted({r["bandwidth_reference"] for r in rows_in if "bandwidth_reference" in r} - {"STREAM kernels"})
