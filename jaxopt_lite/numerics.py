@@ -20,6 +20,7 @@ where the plain formula would give ``nan`` or ``inf`` from valid input:
 
 import builtins
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -97,6 +98,25 @@ def safe_div(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
     """
     nonzero = denominator != 0
     return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1), 0)
+
+
+def zero_safe_div(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """``numerator / denominator``, with 0 wherever the numerator is 0 (``0 / 0`` included; value and gradient
+    finite there). Unlike :func:`safe_div`, ``n / 0`` for ``n != 0`` stays ``±inf``: for ratios whose denominator
+    lags the numerator by a step (ADOPT, Sophia), where a nonzero gradient over a zero history is a real, clipped,
+    infinity."""
+    zero = numerator == 0
+    safe = jnp.where(zero, jnp.ones_like(denominator), denominator)
+    return jnp.where(zero, jnp.zeros_like(numerator), numerator / safe)
+
+
+def eps_divide(eps: Any, fallback: Callable[[Any, Any], Any] = safe_div) -> Callable[[Any, Any], Any]:
+    """``n / d`` for a denominator ``d = r + eps`` (or ``max(r, eps)``), ``r >= 0``: a plain division when ``eps`` is
+    known positive in ``d``'s dtype, else ``fallback`` (:func:`safe_div`: 0 where ``d`` is 0). A concrete ``eps = 0``
+    then turns a zero gradient into 0, not ``0 / 0``; the common ``eps > 0`` traces nothing more."""
+    if not known_positive(eps):
+        return fallback
+    return lambda n, d: n / d if known_positive(eps, d.dtype) else fallback(n, d)
 
 
 def abs_sq(x: jax.Array) -> jax.Array:

@@ -724,6 +724,34 @@ def test_zero_eps_is_rejected_or_gives_finite_updates_for_zero_gradients(name):
             assert bool(jnp.all(jnp.isfinite(u))), f"{name}(eps=0): zero gradient gave {u}"
 
 
+@pytest.mark.parametrize("name", sorted(name for name, (_, _, hps) in OPTIMIZERS.items() if "eps" in hps))
+def test_every_optimizer_with_zero_eps_gives_finite_updates_for_zero_gradients(name):
+    """Every optimizer with an ``eps`` (the table's): a concrete ``eps=0`` is refused naming it, or zero gradients,
+    over three steps (moments still zero), give finite updates, never ``0 / 0``."""
+    try:
+        opt = build_any(name, eps=0.0)
+    except ValueError as e:
+        assert "eps" in str(e)
+        return
+    params = {"w": jnp.ones((3, 4), jnp.float32), "b": jnp.ones((4,), jnp.float32)}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    state = opt.init(params)
+    for step in range(3):
+        updates, state = opt.update(zeros, state, params)
+        for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]:
+            assert bool(jnp.all(jnp.isfinite(u))), f"{name}(eps=0) step {step}: {jax.tree_util.keystr(path)} is {u}"
+
+
+def test_muon_with_zero_eps_gives_finite_updates_for_zero_gradients():
+    """Muon's Newton-Schulz normalises a zero matrix by its zero norm when ``eps=0``: 0, not ``0 / 0``."""
+    params = {"w": jnp.ones((3, 4), jnp.float32), "b": jnp.ones((4,), jnp.float32)}
+    opt = jol.muon(0.1, eps=0.0)
+    state = opt.init(params)
+    for _ in range(2):
+        updates, state = opt.update(jax.tree.map(jnp.zeros_like, params), state, params)
+        assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates)), updates
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("magnitude", [1e20, 1e30])
 def test_huge_gradient_through_clip_by_global_norm_is_finite_and_clipped(magnitude, dtype):

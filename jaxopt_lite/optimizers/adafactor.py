@@ -149,18 +149,25 @@ def scale_by_factored_rms(
         def leaf(g, r, c, v):
             wide_g = numerics.widen(g)
             g2 = numerics.abs_sq(wide_g) + epsilon  # epsilon = 1e-30 would be 0 in float16
+            # A zero epsilon leaves 0 in the rows, columns and entries no gradient has reached yet: 0 there, not NaN.
+            positive = numerics.known_positive(epsilon, wide_g.dtype)
             fd = dims(g.shape)
             if fd is None:
-                new_v = ema(v, g2)
-                u = wide_g * jnp.real(new_v) ** -0.5
+                new_v = jnp.real(ema(v, g2))
+                u = wide_g * new_v**-0.5 if positive else numerics.safe_div(wide_g, jnp.sqrt(new_v))
                 return u.astype(g.dtype), r, c, new_v.astype(v.dtype)
             small, large = fd
             new_r = ema(r, jnp.mean(g2, axis=large))
             new_c = ema(c, jnp.mean(g2, axis=small))
             small_in_r = small - 1 if small > large else small
             rr, cr = jnp.real(new_r), jnp.real(new_c)
-            row_factor = (rr / jnp.mean(rr, axis=small_in_r, keepdims=True)) ** -0.5
-            u = wide_g * jnp.expand_dims(row_factor, large) * jnp.expand_dims(cr ** -0.5, small)
+            row_mean = jnp.mean(rr, axis=small_in_r, keepdims=True)
+            if positive:
+                row_factor = (rr / row_mean) ** -0.5
+                u = wide_g * jnp.expand_dims(row_factor, large) * jnp.expand_dims(cr**-0.5, small)
+            else:
+                row_root = jnp.sqrt(numerics.safe_div(rr, row_mean))
+                u = numerics.safe_div(wide_g, jnp.expand_dims(row_root, large) * jnp.expand_dims(jnp.sqrt(cr), small))
             return u.astype(g.dtype), new_r.astype(r.dtype), new_c.astype(c.dtype), v
 
         treedef = jax.tree.structure(updates)

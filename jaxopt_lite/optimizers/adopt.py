@@ -18,6 +18,7 @@ from jaxopt_lite.base import (
     chain,
     pytree_factory,
 )
+from jaxopt_lite.numerics import eps_divide, zero_safe_div
 from jaxopt_lite.transforms.adaptive import ScaleByAdamState
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
 
@@ -70,10 +71,12 @@ def scale_by_adopt(
         b1_now = jnp.where(started, b1, 1.0)  # the first step only records v
         b2_now = jnp.where(started, b2, 0.0)
 
+        divide = eps_divide(eps, zero_safe_div)  # eps = 0: a zero gradient over a zero history is 0, not 0 / 0
+
         def normalised(g, v):
             # max(sqrt(v), eps) with a finite derivative at v = 0 (the first step's v)
             root = jnp.where(v > 0, jnp.sqrt(jnp.where(v > 0, v, 1)), 0)
-            n = g / jnp.maximum(root, eps)
+            n = divide(g, jnp.maximum(root, eps))
             if use_clipping:
                 limit = clip_value_fn(state.count)
                 n = jnp.clip(n, -limit, limit)

@@ -33,6 +33,7 @@ from jaxopt_lite.base import (
     pytree_factory,
 )
 from jaxopt_lite.fused import reject_fused
+from jaxopt_lite.numerics import eps_divide
 from jaxopt_lite.transforms.adaptive import _nesterov_first_moment
 from jaxopt_lite.transforms.regularization import add_decayed_weights
 from jaxopt_lite.transforms.scaling import scale_by_learning_rate
@@ -195,11 +196,12 @@ def newton_schulz(
     out_dtype = x.dtype
     x = x.astype(ns_dtype or x.dtype)
     coeffs = jnp.asarray(ns_coeffs).astype(x.dtype)
+    divide = eps_divide(eps)  # eps = 0: a zero matrix stays 0, not 0 / 0
     if preconditioning == "frobenius":
-        x = x / (jnp.sqrt(jnp.sum(jnp.abs(x) ** 2, axis=(-2, -1), keepdims=True)) + eps).astype(x.dtype)
+        x = divide(x, (jnp.sqrt(jnp.sum(jnp.abs(x) ** 2, axis=(-2, -1), keepdims=True)) + eps).astype(x.dtype))
     elif preconditioning == "spectral":
         sigma_max = jnp.linalg.norm(x.astype(jnp.promote_types(x.dtype, jnp.float32)), ord=2, axis=(-2, -1))
-        x = x / (sigma_max[..., None, None] + eps).astype(x.dtype)
+        x = divide(x, (sigma_max[..., None, None] + eps).astype(x.dtype))
     first = {"aol": _aol_first_step, "schatten": _schatten_first_step}.get(preconditioning)
 
     def step(i, x, row):

@@ -246,13 +246,14 @@ def scale_by_soap(
         t = count - 1  # Adam steps so far, this one included
 
         moments, steps, new_factors = [], [], []
+        divide = _numerics.eps_divide(eps)  # eps = 0: a zero gradient gives 0, not 0 / 0
         for g, view, m, v, s, q in zip(leaves, leaf_views, mu, nu, old_factors, old_bases):
             x = g.astype(factor_dtype(g.dtype)).reshape(view.shape)
             rotated = _rotate(x, q, view.axes)
             m_new = b1 * m.astype(x.dtype).reshape(view.shape) + (1 - b1) * rotated
             v_new = b2 * v.astype(x.dtype).reshape(view.shape) + (1 - b2) * jnp.square(rotated)
             moments.append((m_new, v_new))
-            steps.append(_rotate(m_new / (_numerics.safe_sqrt(v_new) + eps), q, view.axes, back=True))
+            steps.append(_rotate(divide(m_new, _numerics.safe_sqrt(v_new) + eps), q, view.axes, back=True))
             new_factors.append(
                 tuple((beta * s_a + (1 - beta) * axis_gram(x, a)).astype(s_a.dtype) for s_a, a in zip(s, view.axes))
             )

@@ -184,7 +184,8 @@ def scale_by_sophia(
         mu = _tree.update_moment(updates, state.mu, b1, 1)
         # In at least float32, rounded once at the end (eps = 1e-8 would be 0 in float16: 0 / 0 on zero gradients).
         mu_hat = _tree.bias_correction(jax.tree.map(numerics.widen, mu), b1, count)
-        direction = jax.tree.map(lambda m, h: m / jnp.maximum(gamma * numerics.widen(h), eps), mu_hat, state.nu)
+        divide = numerics.eps_divide(eps, numerics.zero_safe_div)  # eps = 0: 0 where m is 0, not 0 / 0
+        direction = jax.tree.map(lambda m, h: divide(m, jnp.maximum(gamma * numerics.widen(h), eps)), mu_hat, state.nu)
         if clip_threshold is not None:
             if verbose:
                 leaves = jax.tree.leaves(direction)

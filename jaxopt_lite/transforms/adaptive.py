@@ -13,7 +13,6 @@ The outputs are directions: chain them with ``scale_by_learning_rate`` (the
 aliases in :mod:`jaxopt_lite.aliases` do) to take a descent step.
 """
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -24,7 +23,7 @@ from jaxopt_lite import tree as _tree
 from jaxopt_lite.numerics import (
     abs_sq,
     cast,
-    known_positive,
+    eps_divide,
     known_zero,
     safe_div,
     safe_sqrt,
@@ -148,18 +147,10 @@ def _roots(second: Any, eps_root: Any = 0.0) -> Any:
     return treedef.unflatten(list(safe_sqrt_all(tuple(shifted))))
 
 
-def _divide(eps: Any) -> Callable[[Any, Any], Any]:
-    """``n / d`` for ``d = r + eps``, ``r >= 0``: a plain division when ``eps`` is known positive in ``d``'s dtype,
-    else 0 where ``d`` is 0 (only when every past gradient was 0, so ``n == 0``)."""
-    if not known_positive(eps):
-        return safe_div
-    return lambda n, d: n / d if known_positive(eps, d.dtype) else safe_div(n, d)
-
-
 def _ratio(numerators: Any, second: Any, eps: Any, eps_root: Any, like: Any) -> Any:
     """``n / (sqrt(v + eps_root) + eps)``, leaf by leaf, computed in at least float32 and rounded once to the dtype
     of ``like``."""
-    divide = _divide(eps)
+    divide = eps_divide(eps)
     return jax.tree.map(
         lambda n, r, g: cast(divide(widen(n), r + eps), g.dtype), numerators, _roots(second, eps_root), like
     )
@@ -254,7 +245,7 @@ def scale_by_nadam(
         mom_coef = mu_next / (1.0 - mu_product * mu_next)
         nu_hat = _tree.bias_correction(nu, b2, count)
 
-        divide = _divide(eps)
+        divide = eps_divide(eps)
 
         def leaf(g, m, r):
             return divide(grad_coef * g + mom_coef * m, r + eps).astype(g.dtype)
