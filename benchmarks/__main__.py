@@ -24,6 +24,7 @@ More: benchmarks/README.md (what each figure means, how it is timed).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -119,16 +120,28 @@ def select_platform(device: str) -> None:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave room for the peers
 
 
+def _inside_gc_callback(frame) -> bool:
+    """Whether ``frame`` runs (inside) one of the garbage collector's callbacks (JAX registers one)."""
+    codes = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _Stop:
-    """Ctrl-C or a kill, remembered: a KeyboardInterrupt raised inside a callback (JAX's garbage-collection
-    hook, for one) is printed and swallowed by Python, so the run also checks this flag between tasks."""
+    """Ctrl-C or a kill, remembered. Python prints and swallows an exception raised inside a garbage-collection
+    callback, traceback and all, so a signal that lands there only sets the flag; the run checks it between
+    tasks."""
 
     requested = False
 
     @classmethod
     def handler(cls, signum, frame):  # the signal handler signature
         cls.requested = True
-        raise KeyboardInterrupt
+        if not _inside_gc_callback(frame):
+            raise KeyboardInterrupt
 
     @classmethod
     def check(cls) -> None:

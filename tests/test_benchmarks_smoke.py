@@ -268,6 +268,34 @@ def test_report_and_plots(run):
     assert not list(out.glob("*.tmp"))
 
 
+def test_a_stop_signal_inside_a_gc_callback_sets_the_flag_without_a_traceback():
+    """Python prints an exception raised in a garbage-collection callback (JAX's runs on every collection) as a
+    traceback and swallows it; a Ctrl-C landing there must only set the flag that the run checks between tasks."""
+    import gc
+
+    from benchmarks.__main__ import _Stop
+
+    raised = []
+
+    def callback(phase, info):
+        try:
+            _Stop.handler(signal.SIGINT, sys._getframe())  # noqa: SLF001
+        except KeyboardInterrupt:
+            raised.append(phase)
+
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    try:
+        assert _Stop.requested and not raised
+        with pytest.raises(KeyboardInterrupt):
+            _Stop.handler(signal.SIGINT, sys._getframe())  # elsewhere it interrupts at once
+    finally:
+        _Stop.requested = False
+
+
 def test_interrupted_run_keeps_the_finished_sections(tmp_path):
     """SIGINT after the first section: a valid partial results.json and report.md, a one-line message."""
     cmd = [sys.executable, "-m", "benchmarks", "--quick", "--only", "toy,mlp,sweep", "--optimizers", "sgd",
