@@ -146,28 +146,29 @@ def scale_by_factored_rms(
         def ema(old, new):  # in at least float32; the caller rounds it to the state's dtype
             return beta * numerics.widen(old) + (1.0 - beta) * new
 
+        # A zero epsilon leaves 0 in the rows, columns and entries no gradient has reached yet: 0 there, not NaN.
+        divide = numerics.eps_divide(epsilon)
+
+        def inverse_root(x):  # x ** -0.5, and 0 where x is 0 unless epsilon is known positive (then x > 0)
+            if numerics.known_positive(epsilon, x.dtype):
+                return x**-0.5
+            return jnp.where(x > 0, jnp.where(x > 0, x, 1) ** -0.5, 0)
+
         def leaf(g, r, c, v):
             wide_g = numerics.widen(g)
             g2 = numerics.abs_sq(wide_g) + epsilon  # epsilon = 1e-30 would be 0 in float16
-            # A zero epsilon leaves 0 in the rows, columns and entries no gradient has reached yet: 0 there, not NaN.
-            positive = numerics.known_positive(epsilon, wide_g.dtype)
             fd = dims(g.shape)
             if fd is None:
                 new_v = jnp.real(ema(v, g2))
-                u = wide_g * new_v**-0.5 if positive else numerics.safe_div(wide_g, jnp.sqrt(new_v))
+                u = wide_g * inverse_root(new_v)
                 return u.astype(g.dtype), r, c, new_v.astype(v.dtype)
             small, large = fd
             new_r = ema(r, jnp.mean(g2, axis=large))
             new_c = ema(c, jnp.mean(g2, axis=small))
             small_in_r = small - 1 if small > large else small
             rr, cr = jnp.real(new_r), jnp.real(new_c)
-            row_mean = jnp.mean(rr, axis=small_in_r, keepdims=True)
-            if positive:
-                row_factor = (rr / row_mean) ** -0.5
-                u = wide_g * jnp.expand_dims(row_factor, large) * jnp.expand_dims(cr**-0.5, small)
-            else:
-                row_root = jnp.sqrt(numerics.safe_div(rr, row_mean))
-                u = numerics.safe_div(wide_g, jnp.expand_dims(row_root, large) * jnp.expand_dims(jnp.sqrt(cr), small))
+            row_factor = inverse_root(divide(rr, jnp.mean(rr, axis=small_in_r, keepdims=True)))
+            u = wide_g * jnp.expand_dims(row_factor, large) * jnp.expand_dims(inverse_root(cr), small)
             return u.astype(g.dtype), new_r.astype(r.dtype), new_c.astype(c.dtype), v
 
         treedef = jax.tree.structure(updates)
